@@ -1,0 +1,11 @@
+"""Flax decoder LMs (Llama 2/3, Mistral, Qwen2, GPT-2) and Hugging Face weight mapping."""
+
+from jaxalign.models.config import ModelConfig, RopeScaling
+from jaxalign.models.transformer import (
+    KVCache, Transformer, attention_mask, init_cache, init_params, param_logical_axes,
+    param_shapes, positions_from_mask, unembedding)
+
+__all__ = [
+    "KVCache", "ModelConfig", "RopeScaling", "Transformer", "attention_mask", "init_cache",
+    "init_params", "param_logical_axes", "param_shapes", "positions_from_mask", "unembedding",
+]

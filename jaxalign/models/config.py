@@ -1,0 +1,93 @@
+"""Model configuration: one frozen dataclass for every supported decoder family.
+
+Llama 2/3, Mistral and Qwen2 are the same pre-norm decoder (RMSNorm, rotary positions, gated
+SiLU MLP, grouped-query attention) with different switches; GPT-2 is the LayerNorm / learned
+positions / GELU variant. The config is hashable so it can be a static jit argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax.numpy as jnp
+
+Family = Literal["llama", "mistral", "qwen2", "gpt2"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Rotary scaling as Hugging Face names it (`rope_type`): "default", "linear" or "llama3"."""
+
+    rope_type: str = "default"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    family: Family
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    head_dim: int | None = None  # default hidden_size // num_heads
+    max_position_embeddings: int = 2048
+    norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling = RopeScaling()
+    sliding_window: int | None = None  # Mistral: a query sees keys at most window-1 tokens back
+    qkv_bias: bool = False  # Qwen2: True; Llama: its `attention_bias` (GPT-2: always biases)
+    o_bias: bool = False  # Llama: its `attention_bias`; Qwen2: False
+    mlp_bias: bool = False
+    tie_word_embeddings: bool = False
+    initializer_range: float = 0.02
+    bos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
+    pad_token_id: int | None = None
+    # Execution choices: none of them changes the parameters or the math.
+    dtype: str = "float32"  # activations
+    param_dtype: str = "float32"
+    remat: Literal["none", "full", "dots"] = "none"
+    scan_layers: bool = False  # lax.scan over the (always stacked) layer params: fast compiles
+    attention_impl: str | None = None  # passed to jax.nn.dot_product_attention ("cudnn", ...)
+
+    def __post_init__(self):
+        if self.head_dim is None:  # canonical form, so configs compare equal after a round trip
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        if self.family not in ("llama", "mistral", "qwen2", "gpt2"):
+            raise ValueError(f"ModelConfig.family: unsupported {self.family!r}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"ModelConfig: num_heads={self.num_heads} is not a multiple of "
+                f"num_kv_heads={self.num_kv_heads}"
+            )
+        if self.remat not in ("none", "full", "dots"):
+            raise ValueError(f"ModelConfig.remat: expected none/full/dots, got {self.remat!r}")
+        if self.rope_scaling.rope_type not in ("default", "linear", "llama3"):
+            raise ValueError(
+                f"ModelConfig.rope_scaling.rope_type: unsupported {self.rope_scaling.rope_type!r}"
+            )
+
+    @property
+    def is_gpt2(self) -> bool:
+        return self.family == "gpt2"
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim
+
+    @property
+    def jnp_dtype(self):
+        return jnp.dtype(self.dtype)
+
+    @property
+    def jnp_param_dtype(self):
+        return jnp.dtype(self.param_dtype)
+
+    def replace(self, **kw) -> "ModelConfig":
+        return dataclasses.replace(self, **kw)

@@ -1,0 +1,60 @@
+"""Configs of well-known checkpoints, written as their hub config.json files are (old style:
+`rope_theta`, `rope_scaling`, `torch_dtype`), so sizing and abstract shape checks need no download.
+"""
+
+from __future__ import annotations
+
+from jaxalign.models.config import ModelConfig
+from jaxalign.models.hf_config import config_from_hf
+
+_MISTRAL_7B = dict(
+    model_type="mistral", vocab_size=32000, hidden_size=4096, num_hidden_layers=32,
+    num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336,
+    max_position_embeddings=32768, rms_norm_eps=1e-5, hidden_act="silu", bos_token_id=1,
+    eos_token_id=2, tie_word_embeddings=False, torch_dtype="bfloat16")
+
+HUB_CONFIGS: dict[str, dict] = {
+    "mistral-7b-v0.1": dict(_MISTRAL_7B, rope_theta=10000.0, sliding_window=4096),
+    "mistral-7b-instruct-v0.2": dict(_MISTRAL_7B, rope_theta=1e6, sliding_window=None),
+    "llama-2-7b": dict(
+        model_type="llama", vocab_size=32000, hidden_size=4096, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=32, intermediate_size=11008,
+        max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0, rope_scaling=None,
+        bos_token_id=1, eos_token_id=2, torch_dtype="float16"),
+    "llama-3-8b": dict(
+        model_type="llama", vocab_size=128256, hidden_size=4096, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336,
+        max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=500000.0,
+        rope_scaling=None, bos_token_id=128000, eos_token_id=128001, torch_dtype="bfloat16"),
+    "llama-3.1-8b": dict(
+        model_type="llama", vocab_size=128256, hidden_size=4096, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336,
+        max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        bos_token_id=128000, eos_token_id=128001, torch_dtype="bfloat16"),
+    "qwen2-0.5b": dict(
+        model_type="qwen2", vocab_size=151936, hidden_size=896, num_hidden_layers=24,
+        num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864,
+        max_position_embeddings=131072, rms_norm_eps=1e-6, rope_theta=1000000.0,
+        tie_word_embeddings=True, use_sliding_window=False, sliding_window=131072,
+        bos_token_id=151643, eos_token_id=151643, torch_dtype="bfloat16"),
+    "gpt2": dict(model_type="gpt2", vocab_size=50257, n_embd=768, n_layer=12, n_head=12,
+                 n_positions=1024, layer_norm_epsilon=1e-5, activation_function="gelu_new",
+                 bos_token_id=50256, eos_token_id=50256),
+    # The two random models of the sampling and training benchmarks.
+    "bench-tiny": dict(
+        model_type="llama", vocab_size=256, hidden_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+        max_position_embeddings=2048, rms_norm_eps=1e-6, rope_theta=10000.0),
+    "bench-100m": dict(
+        model_type="llama", vocab_size=32000, hidden_size=768, num_hidden_layers=12,
+        num_attention_heads=12, num_key_value_heads=4, intermediate_size=2048,
+        max_position_embeddings=2048, rms_norm_eps=1e-6, rope_theta=10000.0),
+}
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+    if name not in HUB_CONFIGS:
+        raise ValueError(f"unknown preset {name!r}; known: {sorted(HUB_CONFIGS)}")
+    return config_from_hf(HUB_CONFIGS[name], where=f"preset {name!r}", **overrides)

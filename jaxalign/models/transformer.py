@@ -1,0 +1,158 @@
+"""The decoder-only language model and its KV cache.
+
+    model = Transformer(cfg)
+    params = init_params(cfg, jax.random.key(0))
+    logits, cache, hidden = model.apply({"params": params}, tokens, positions, mask, cache)
+
+`mask` marks real tokens (left padding is 0). Without a cache the call is a full forward over
+T tokens; with one, the T tokens are written at `cache.index` and attend to everything cached
+before them, so prefill and one-token decode steps are the same call. Layer parameters are always
+stacked along a leading `layers` axis; `cfg.scan_layers` only chooses between `lax.scan` (fast
+compiles for deep models) and a fully unrolled loop (fastest decode steps).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from jaxalign.models.config import ModelConfig
+from jaxalign.models.layers import DecoderLayer, make_norm, rope_sin_cos
+
+
+@flax.struct.dataclass
+class KVCache:
+    k: jax.Array  # [L, B, S, K, H]
+    v: jax.Array  # [L, B, S, K, H]
+    mask: jax.Array  # [B, S] bool: the slot holds a real token
+    index: jax.Array  # [] int32: the next slot to write
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
+    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.dim_per_head)
+    dtype = dtype or cfg.jnp_dtype
+    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
+                   jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32))
+
+
+def positions_from_mask(mask_BxT):
+    """Position ids for left-padded rows: 0 at each row's first real token (0 on padding)."""
+    return jnp.maximum(jnp.cumsum(mask_BxT.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def attention_mask(cfg: ModelConfig, q_slots_T, key_valid_BxS):
+    """[B, 1, T, S]: causal in slot order, valid keys only, within the sliding window.
+
+    Each query also sees its own slot, so a padding query never has an empty row (no NaN).
+    Within a row real tokens occupy consecutive slots, so slot distance is position distance.
+    """
+    k_slots_S = jnp.arange(key_valid_BxS.shape[1])
+    dist_TxS = q_slots_T[:, None] - k_slots_S[None, :]
+    allowed_TxS = dist_TxS >= 0
+    if cfg.sliding_window is not None:
+        allowed_TxS &= dist_TxS < cfg.sliding_window
+    mask = allowed_TxS[None] & key_valid_BxS[:, None, :]
+    return (mask | (dist_TxS == 0)[None])[:, None]
+
+
+class Transformer(nn.Module):
+    cfg: ModelConfig
+
+    def setup(self):
+        cfg = self.cfg
+        embed_init = nn.initializers.normal(cfg.initializer_range)
+        self.embed = nn.Embed(
+            cfg.vocab_size, cfg.hidden_size, dtype=cfg.jnp_dtype, param_dtype=cfg.jnp_param_dtype,
+            embedding_init=nn.with_logical_partitioning(embed_init, ("vocab", "embed")))
+        if cfg.is_gpt2:
+            self.pos_embed = nn.Embed(
+                cfg.max_position_embeddings, cfg.hidden_size, dtype=cfg.jnp_dtype,
+                param_dtype=cfg.jnp_param_dtype,
+                embedding_init=nn.with_logical_partitioning(embed_init, (None, "embed")))
+        layer = DecoderLayer
+        if cfg.remat != "none":
+            policy = (jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
+                      if cfg.remat == "dots" else None)
+            layer = nn.remat(layer, prevent_cse=not cfg.scan_layers, policy=policy)
+        self.layers = nn.scan(
+            layer, variable_axes={"params": 0}, split_rngs={"params": True},
+            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+            unroll=1 if cfg.scan_layers else cfg.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(cfg, name="layers")
+        self.final_norm = make_norm(cfg, "final_norm")
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Dense(
+                cfg.vocab_size, use_bias=False, dtype=cfg.jnp_dtype,
+                param_dtype=cfg.jnp_param_dtype,
+                kernel_init=nn.with_logical_partitioning(embed_init, ("embed", "vocab")))
+
+    def __call__(self, tokens_BxT, positions_BxT, mask_BxT, cache: KVCache | None = None,
+                 return_logits: bool = True):
+        """Returns (logits [B,T,V] float32 or None, cache or None, final hidden [B,T,D])."""
+        cfg = self.cfg
+        T = tokens_BxT.shape[1]
+        mask_BxT = mask_BxT.astype(bool)
+        x = self.embed(tokens_BxT)
+        if cfg.is_gpt2:
+            x = x + self.pos_embed(positions_BxT)
+            sin_cos = None
+        else:
+            sin_cos = rope_sin_cos(cfg, positions_BxT)
+        x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+        if cache is None:
+            write_index, ck, cv = jnp.zeros((), jnp.int32), None, None
+            key_valid = mask_BxT
+        else:
+            write_index, ck, cv = cache.index, cache.k, cache.v
+            key_valid = jax.lax.dynamic_update_slice(cache.mask, mask_BxT, (0, write_index))
+        attn_mask = attention_mask(cfg, write_index + jnp.arange(T), key_valid)
+        (x, ck, cv, _), _ = self.layers((x, ck, cv, jnp.zeros((), jnp.int32)), sin_cos,
+                                         attn_mask, write_index)
+        hidden = self.final_norm(x)
+        new_cache = None if cache is None else KVCache(ck, cv, key_valid, write_index + T)
+        logits = self.logits(hidden) if return_logits else None
+        return logits, new_cache, hidden
+
+    def logits(self, hidden_BxTxD):
+        if self.cfg.tie_word_embeddings:
+            out = self.embed.attend(hidden_BxTxD)
+        else:
+            out = self.lm_head(hidden_BxTxD)
+        return out.astype(jnp.float32)
+
+
+def init_params(cfg: ModelConfig, rng: jax.Array):
+    """Random parameters (plain arrays, no partitioning boxes)."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    boxed = Transformer(cfg).init(rng, tokens, tokens, jnp.ones((1, 1), bool))["params"]
+    return nn.meta.unbox(boxed)
+
+
+def param_logical_axes(cfg: ModelConfig):
+    """Pytree matching the params: a tuple of logical axis names per leaf."""
+    tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    boxed = jax.eval_shape(
+        lambda t: Transformer(cfg).init(jax.random.key(0), t, t, jnp.ones((1, 1), bool)),
+        tokens)["params"]
+    return jax.tree.map(lambda b: tuple(b.names), boxed,
+                        is_leaf=lambda b: isinstance(b, nn.Partitioned))
+
+
+def param_shapes(cfg: ModelConfig):
+    """Pytree of jax.ShapeDtypeStruct for the params, computed without allocating."""
+    tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    return jax.eval_shape(lambda t: init_params(cfg, jax.random.key(0)), tokens)
+
+
+def unembedding(cfg: ModelConfig, params):
+    """[D, V] matrix that maps final hidden states to logits (tied or untied head)."""
+    if cfg.tie_word_embeddings:
+        return params["embed"]["embedding"].T
+    return params["lm_head"]["kernel"]
