@@ -32,7 +32,8 @@ def check_in_range(name: str, value, low: float, high: float, *, closed: bool = 
     """Checks `low <= value < high` (`<= high` if closed) for a static scalar."""
     v = static_scalar(value)
     if v is not None and not (low <= v <= high if closed else low <= v < high):
-        raise ValueError(f"{name} must be in [{low}, {high}{']' if closed else ')'}, got {value!r}.")
+        bracket = "]" if closed else ")"
+        raise ValueError(f"{name} must be in [{low}, {high}{bracket}, got {value!r}.")
 
 
 def check_same_shape(**arrays) -> None:

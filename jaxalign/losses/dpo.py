@@ -14,7 +14,7 @@ input it was not given raises ValueError. Outputs: `(per_example_loss [B], metri
 metrics of [B] float32 arrays (stop-gradiented):
   chosen_reward, rejected_reward: `beta * r(y)`, r = l_theta - l_ref (DPO's implicit reward);
       SimPO and ORPO have no reference: their reward is `beta * lbar_theta(y)`; the
-      length-normalised IPO reports `beta * r(y) / |y|`.
+      length-normalised IPO reports `beta * r(y) / |y|`; reference-free DPO `beta * l(y)`.
   reward_margin: chosen_reward - rejected_reward.
   reward_accuracy: 1.0 where chosen_reward > rejected_reward, else 0.0.
 
@@ -35,10 +35,7 @@ Metrics = dict[str, Float[Array, "B"]]
 # exp(-1e-20) rounds to 1 in float32 and float64, but expm1(-1e-20) = -1e-20 stays exact.
 _LOG1MEXP_GUARD = 1e-20
 
-
 _f32 = _checks.at_least_f32
-
-
 _POLICY = ("policy_chosen_logps", "policy_rejected_logps")
 _REF = ("ref_chosen_logps", "ref_rejected_logps")
 _LENGTHS = ("chosen_lengths", "rejected_lengths")
@@ -67,7 +64,7 @@ def _log_ratios(name, beta, arrays, *, length_normalized=False):
 def _averaged_logps(name, beta, arrays):
     """lbar_w, lbar_l = l_theta / |y| (0 for an empty completion)."""
     a = _check(name, beta, arrays, _POLICY + _LENGTHS)
-    lbar_w = a["policy_chosen_logps"] / jnp.maximum(a["chosen_lengths"], 1.0)  # ORPO eq. (3)
+    lbar_w = a["policy_chosen_logps"] / jnp.maximum(a["chosen_lengths"], 1.0)  # l(y) / |y|
     lbar_l = a["policy_rejected_logps"] / jnp.maximum(a["rejected_lengths"], 1.0)
     return lbar_w, lbar_l
 

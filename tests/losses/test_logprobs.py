@@ -120,12 +120,11 @@ def test_lean_without_bias_and_unshifted():
     np.testing.assert_allclose(lean, plain, rtol=1e-5, atol=1e-6)
 
 
-def test_gradients_float64():
+def test_lean_gradients_float64():
+    # The custom VJP against finite differences (the plain path is plain autodiff).
     with jax.enable_x64(True):
         hidden, unembed, bias, tokens, mask = _random_problem(T=7, V=9)
         hidden, unembed, bias = (jnp.asarray(x, jnp.float64) for x in (hidden, unembed, bias))
-        check_grads(jax.jit(lambda h, w, b: _plain_sum(h, w, b, tokens, mask)),
-                    (hidden, unembed, bias), order=1, modes=("rev",))
         check_grads(jax.jit(lambda h, w, b: _lean_sum(h, w, b, tokens, mask, 3, 4)),
                     (hidden, unembed, bias), order=1, modes=("rev",))
 

@@ -1,0 +1,95 @@
+"""Files -> checked examples -> token records, held in memory as a random-access dataset.
+
+    ds, report = load_dataset("preference", "data/train.jsonl", tokenizer,
+                              max_length=512, max_prompt_length=256)
+    it = BatchIterator(ds, batch_size=64, seed=0)
+
+For data too large to tokenize at every start, stream `iter_records(...)` into
+`records.write_records` once and open it with `records.open_records`: it serves the same
+interface (kind, pad_id, max_length, lengths, len, getitem) to `BatchIterator`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from jaxalign.data import readers
+from jaxalign.data.errors import DataError, Report, check_on_error
+from jaxalign.data.tokenize import Encoder, check_lengths, record_length, tokenize_example
+
+
+@dataclasses.dataclass
+class TokenizedDataset:
+    """Records of one kind (see tokenize.py), with their lengths and where they came from."""
+
+    kind: str
+    records: list[dict]
+    pad_id: int
+    max_length: int  # no record is longer: the largest bucket
+    locations: list[str]  # "path:line" of each record
+    lengths: np.ndarray = dataclasses.field(init=False)  # int64[N], `record_length`
+
+    def __post_init__(self):
+        self.lengths = np.array([record_length(self.kind, r) for r in self.records], np.int64)
+        if len(self.lengths) and self.lengths.max() > self.max_length:
+            raise ValueError(f"a record of {self.lengths.max()} tokens exceeds max_length "
+                             f"{self.max_length}")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.records[i]
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self.records)
+
+
+def iter_records(kind: str, paths: readers.PathLike | Iterable[readers.PathLike],
+                 encoder: Encoder, *, max_length: int = 512, max_prompt_length: int = 256,
+                 truncation_mode: str = "keep_end", on_error: str = "raise",
+                 report: Report | None = None) -> Iterator[tuple[str, dict]]:
+    """Yields (location, record) for each good row, streaming; bad rows as `read_examples`."""
+    check_on_error(on_error)
+    check_lengths(max_length, max_prompt_length, truncation_mode)
+    report = Report() if report is None else report
+    for ex in readers.read_examples(kind, paths, on_error=on_error, report=report):
+        try:
+            record = tokenize_example(kind, ex, encoder, max_length=max_length,
+                                      max_prompt_length=max_prompt_length,
+                                      truncation_mode=truncation_mode)
+        except DataError as err:
+            if on_error == "raise":
+                raise
+            report.skip(err)
+            continue
+        report.kept += 1
+        yield ex["location"], record
+
+
+def load_dataset(kind: str, paths: readers.PathLike | Iterable[readers.PathLike],
+                 tokenizer: Any, *, max_length: int = 512, max_prompt_length: int = 256,
+                 truncation_mode: str = "keep_end", chat: bool | None = None,
+                 eos_id: int | None = None, on_error: str = "raise",
+                 ) -> tuple[TokenizedDataset, Report]:
+    """Reads and tokenizes every row of `kind` ("preference", "sft", "prompt").
+
+    Defaults are the DPO reference's (max_length 512, max_prompt_length 256, keep_end).
+    Prompt datasets are cut to max_prompt_length, which is then their max_length.
+    on_error="skip" skips bad rows; the returned Report counts them (and logs a warning).
+    """
+    encoder = Encoder(tokenizer, chat=chat, eos_id=eos_id)
+    report = Report()
+    pairs = list(iter_records(kind, paths, encoder, max_length=max_length,
+                              max_prompt_length=max_prompt_length,
+                              truncation_mode=truncation_mode, on_error=on_error,
+                              report=report))
+    report.log(f"load_dataset({kind!r}, {paths!r})")
+    ds = TokenizedDataset(kind=kind, records=[r for _, r in pairs], pad_id=encoder.pad_id,
+                          max_length=max_prompt_length if kind == "prompt" else max_length,
+                          locations=[loc for loc, _ in pairs])
+    return ds, report

@@ -1,0 +1,56 @@
+"""Tiny tokenizers built offline (byte-level BPE trained on a few sentences) and file helpers."""
+
+import json
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+CORPUS = [
+    "Hello world, how are you? I am fine, thank you.",
+    "The quick brown fox jumps over the lazy dog.",
+    "What is two plus two? It is four. What is the capital of France? Paris.",
+    "\n\nHuman: hi there, can you help me?\n\nAssistant: Hello! Yes, how can I help?",
+    "Write a short poem about the sea. The sea is blue and wide.",
+]
+SPECIALS = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"]
+
+# Zephyr-like: the template emits BOS itself and a newline after the assistant's EOS.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{{ '<|' + m['role'] + '|>\n' + m['content'] }}"
+    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+
+def make_tokenizer(chat: bool) -> PreTrainedTokenizerFast:
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(CORPUS, trainer)
+    # Like Llama: add_special_tokens=True prepends BOS (so a chat template's BOS could double).
+    tk.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tk.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>",
+                                   chat_template=CHAT_TEMPLATE if chat else None)
+
+
+def write_jsonl(path, rows) -> str:
+    """Rows are dicts (dumped as JSON), str (written as is) or bytes (raw line)."""
+    with open(path, "wb") as f:
+        for row in rows:
+            if isinstance(row, dict):
+                row = json.dumps(row)
+            f.write((row.encode("utf-8") if isinstance(row, str) else row) + b"\n")
+    return str(path)
+
+
+def user(text):
+    return {"role": "user", "content": text}
+
+
+def assistant(text):
+    return {"role": "assistant", "content": text}
