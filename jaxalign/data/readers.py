@@ -48,7 +48,8 @@ def iter_rows(path: PathLike) -> Iterator[tuple[str, int, dict | DataError]]:
     elif path.endswith((".jsonl", ".json", ".jsonl.gz")):
         yield from _jsonl_rows(path)
     else:
-        raise ValueError(f"{path}: unknown format; expected .jsonl, .jsonl.gz or .parquet")
+        raise ValueError(f"{path}: unknown format; expected .jsonl, .jsonl.gz, .json (read as "
+                         "JSON Lines) or .parquet")
 
 
 def _jsonl_rows(path: str):
@@ -145,7 +146,8 @@ def parse_preference(row: dict, loc: str) -> dict:
     chosen, rejected = _get(row, "chosen", loc), _get(row, "rejected", loc)
     prompt = row.get("prompt")
     if isinstance(chosen, list) or isinstance(rejected, list):
-        c, r = _messages(chosen, "field 'chosen'", loc), _messages(rejected, "field 'rejected'", loc)
+        c = _messages(chosen, "field 'chosen'", loc)
+        r = _messages(rejected, "field 'rejected'", loc)
         c_last, r_last = _final_assistant(c, "chosen", loc), _final_assistant(r, "rejected", loc)
         if c[:-1] != r[:-1]:
             raise DataError(loc, "prompt_mismatch", "chosen and rejected have different turns "

@@ -74,6 +74,9 @@ def write_records(data_dir: str | os.PathLike, splits: Mapping[str, Iterable[dic
                   version: str = "1.0.0") -> str:
     """Writes the records of each split (any iterable, e.g. a generator: they stream) to
     `<data_dir>/<name>/<version>` and returns that directory."""
+    for split, records in splits.items():
+        if getattr(records, "kind", kind) != kind:
+            raise ValueError(f"split {split!r} holds {records.kind!r} records, not {kind!r}")
     builder = _RecordBuilder(
         name=name, version=version, kind=kind, splits=splits, data_dir=os.fspath(data_dir),
         metadata={"kind": kind, "pad_id": int(pad_id), "max_length": int(max_length)})

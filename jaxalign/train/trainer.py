@@ -1,7 +1,7 @@
 """The training loop shared by every algorithm: resume, step, evaluate, log, checkpoint.
 
 `train(...)` takes an objective (see `jaxalign.train.step`), initial params, a resumable batch
-iterator (`next()`, `state()`, `restore(state)`) and a config section with the loop settings.
+iterator (`next(it)`, `it.state()`, `it.restore(state)`) and the loop settings.
 It restores the latest checkpoint of `workdir` if there is one, so an interrupted run started
 again with the same command continues exactly where it stopped: parameters, optimizer state,
 step and data position all come back, and the step's rng is `fold_in(seed, step)`.
@@ -59,6 +59,7 @@ def train(loop: LoopConfig, *, objective, optimizer, params, model_cfg, train_it
     """Runs (or resumes) to `loop.total_steps`; returns the final state."""
     mesh = mesh or shd.make_mesh(data=-1)
     batch_spec = shd.batch_sharding(mesh)
+    params = place_params(params, model_cfg, mesh)
     state = jax.jit(lambda p: init_state(p, optimizer))(params)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     step_fn = compile_step(make_train_step(objective, optimizer, loop.micro_batches),
@@ -114,8 +115,10 @@ def train(loop: LoopConfig, *, objective, optimizer, params, model_cfg, train_it
         return {f"eval/{k}": v for k, v in out.items()}
 
     try:
+        if start == 0:
+            evaluate(0)  # the baseline every curve starts from
         for step in range(start + 1, loop.total_steps + 1):
-            host_batch = train_iter.next()
+            host_batch = next(train_iter)
             t0 = time.perf_counter()
             state, metrics = step_fn(state, put(host_batch), rng)
             if pending is not None:

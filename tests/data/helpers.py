@@ -2,8 +2,12 @@
 
 import json
 
+import numpy as np
+
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
+
+from jaxalign.data import TokenizedDataset
 
 CORPUS = [
     "Hello world, how are you? I am fine, thank you.",
@@ -54,3 +58,19 @@ def user(text):
 
 def assistant(text):
     return {"role": "assistant", "content": text}
+
+
+def make_dataset(n=37, kind="preference", max_length=256, seed=0):
+    """Random token records (no tokenizer): prompts of 1-99 tokens, completions of 1-149."""
+    rng = np.random.default_rng(seed)
+
+    def ids(lo, hi):
+        return rng.integers(3, 300, rng.integers(lo, hi)).astype(np.int32)
+
+    if kind == "preference":
+        records = [{"prompt": ids(1, 100), "chosen": ids(1, 150), "rejected": ids(1, 150)}
+                   for _ in range(n)]
+    else:
+        records = [{"prompt": ids(1, 100), "completion": ids(1, 150)} for _ in range(n)]
+    return TokenizedDataset(kind=kind, records=records, pad_id=0, max_length=max_length,
+                            locations=[f"synthetic:{i + 1}" for i in range(n)])

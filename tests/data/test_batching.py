@@ -1,10 +1,12 @@
 """Bucketing and the batch dicts."""
 
+import chex
+import jax
 import numpy as np
 import pytest
 
 from jaxalign.data import BatchIterator, bucket_lengths, collate, pick_bucket
-from tests.data.test_iterator import make_dataset
+from tests.data.helpers import make_dataset
 
 
 def test_bucket_lengths():
@@ -23,7 +25,7 @@ def test_bucket_lengths():
 def test_every_batch_length_is_a_bucket(max_length, multiple):
     ds = make_dataset(n=64, max_length=max_length)
     buckets = bucket_lengths(max_length, min_length=32, multiple=multiple)
-    it = BatchIterator(ds, batch_size=4, buckets=buckets, num_epochs=2)
+    it = BatchIterator(ds, batch_size=2, buckets=buckets, num_epochs=2)
     seen = set()
     for batch in it:
         T = batch["chosen_tokens"].shape[1]
@@ -70,3 +72,19 @@ def test_collate_sft_and_prompt_by_hand():
     np.testing.assert_array_equal(batch["tokens"], [[1, 5, 9, 9], [9, 9, 9, 9]])
     np.testing.assert_array_equal(batch["mask"], [[1, 1, 0, 0], [0, 0, 0, 0]])
     assert list(batch["id"]) == ["a", ""]
+
+
+def test_one_compilation_per_bucket():
+    ds = make_dataset(n=64, max_length=300)
+    buckets = bucket_lengths(300, min_length=32)
+
+    @jax.jit
+    @chex.assert_max_traces(n=len(buckets))
+    def completion_tokens(batch):
+        return batch["chosen_loss_mask"].sum() + batch["rejected_loss_mask"].sum()
+
+    total = 0
+    for batch in BatchIterator(ds, batch_size=2, buckets=buckets, num_epochs=3):
+        total += int(completion_tokens({k: v for k, v in batch.items() if k != "index"}))
+    expected = sum(len(r["chosen"]) + len(r["rejected"]) for r in ds) * 3
+    assert total == expected

@@ -5,24 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from jaxalign.data import BatchIterator, TokenizedDataset
+from jaxalign.data import BatchIterator
+from tests.data.helpers import make_dataset
 
 N, B = 37, 8  # 5 batches per epoch, the last with 5 records and 3 padding rows
-
-
-def make_dataset(n=N, kind="preference", max_length=256, seed=0):
-    rng = np.random.default_rng(seed)
-
-    def ids(lo, hi):
-        return rng.integers(3, 300, rng.integers(lo, hi)).astype(np.int32)
-
-    if kind == "preference":
-        records = [{"prompt": ids(1, 100), "chosen": ids(1, 150), "rejected": ids(1, 150)}
-                   for _ in range(n)]
-    else:
-        records = [{"prompt": ids(1, 100), "completion": ids(1, 150)} for _ in range(n)]
-    return TokenizedDataset(kind=kind, records=records, pad_id=0, max_length=max_length,
-                            locations=[f"synthetic:{i + 1}" for i in range(n)])
 
 
 def take(it, n):

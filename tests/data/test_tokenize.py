@@ -1,5 +1,7 @@
 """The prompt/completion boundary, for a chat-template tokenizer and a plain one."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -117,7 +119,8 @@ def test_prompt_not_a_prefix_names_the_line(plain_tokenizer, tmp_path):
     # "Hel" + "lo world": BPE merges "Hello" across the boundary.
     rows = [{"prompt": "Hel", "chosen": "lo world", "rejected": " the sea"}]
     path = write_jsonl(tmp_path / "bad.jsonl", rows)
-    with pytest.raises(DataError, match=rf"^{path}:1: prompt tokens are not a prefix") as e:
+    expected = "^" + re.escape(f"{path}:1: prompt tokens are not a prefix")
+    with pytest.raises(DataError, match=expected) as e:
         load_dataset("preference", path, plain_tokenizer)
     assert e.value.reason == "tokenization"
     ds, report = load_dataset("preference", path, plain_tokenizer, on_error="skip")
@@ -126,7 +129,8 @@ def test_prompt_not_a_prefix_names_the_line(plain_tokenizer, tmp_path):
 
 def test_messages_need_a_chat_template(plain_tokenizer, tmp_path):
     path = write_jsonl(tmp_path / "uf.jsonl", UF_ROWS[:1])
-    with pytest.raises(DataError, match=rf"^{path}:1: messages need a tokenizer with a chat"):
+    expected = "^" + re.escape(f"{path}:1: messages need a tokenizer with a chat_template")
+    with pytest.raises(DataError, match=expected):
         load_dataset("preference", path, plain_tokenizer)
 
 

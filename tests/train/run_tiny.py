@@ -25,7 +25,7 @@ class SyntheticIterator:
     def __init__(self, nan_at: int | None = None):
         self.i, self.nan_at = 0, nan_at
 
-    def next(self):
+    def __next__(self):
         self.i += 1
         batch = preference_batch(self.i)
         if self.nan_at is not None and self.i == self.nan_at:
