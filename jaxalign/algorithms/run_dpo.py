@@ -130,7 +130,9 @@ def run(config):
     est = estimate_training_memory(
         b["cfg"], optimizer, mesh=b["mesh"], micro_batch=config.data.batch_size //
         config.loop.micro_batches, seq_len=config.data.max_length,
-        reference_on_the_fly=config.reference == "on_the_fly")
+        reference_on_the_fly=config.reference == "on_the_fly",
+        lean_logprobs=config.get("lean_logprobs", False),
+        accumulate=config.loop.micro_batches > 1)
     print(f"memory per device (estimate):\n{est.table()}", flush=True)
     loop = LoopConfig(workdir=config.workdir, seed=config.seed, **config.loop)
     state = train(loop, objective=b["objective"], optimizer=optimizer, params=b["params"],
@@ -143,3 +145,54 @@ def run(config):
 
 def loop_fields() -> set[str]:
     return {f.name for f in dataclasses.fields(LoopConfig)} - {"workdir", "seed"}
+
+
+def dry_run(config) -> dict:
+    """Builds the whole train step abstractly (jax.eval_shape) and sizes it on each slice of
+    `config.dry_run_meshes`; allocates nothing, so a 7B config validates on a laptop."""
+    from jaxalign.models.sizing import abstract_mesh
+    from jaxalign.models.transformer import param_shapes
+    from jaxalign.train.step import init_state, make_train_step
+
+    mc = config.model
+    overrides = {k: mc[k] for k in ("dtype", "param_dtype", "remat", "scan_layers") if k in mc}
+    if mc.get("hf_path"):
+        from jaxalign.models.hf_config import config_from_hf, read_hf_config
+        cfg = config_from_hf(read_hf_config(mc.hf_path), **overrides)
+    else:
+        cfg = preset(mc.preset, **overrides)
+    optimizer, _ = make_optimizer(**config.optim)
+    params = param_shapes(cfg)
+    state = jax.eval_shape(lambda p: init_state(p, optimizer), params)
+    B, T = config.data.batch_size, config.data.max_length
+    sds = jax.ShapeDtypeStruct
+    batch = {f"{side}_{k}": sds((B, T), dt) for side in ("chosen", "rejected")
+             for k, dt in (("tokens", np.int32), ("mask", bool), ("loss_mask", bool))}
+    batch["weight"] = sds((B,), np.float32)
+    on_the_fly = config.reference == "on_the_fly"
+    if not on_the_fly:
+        batch.update(ref_chosen_logps=sds((B,), np.float32),
+                     ref_rejected_logps=sds((B,), np.float32))
+
+    def step(state, batch, rng, ref):
+        objective = preference_objective(cfg, loss=config.loss.name,
+                                         loss_kwargs=dict(config.loss.kwargs),
+                                         ref_params=ref if on_the_fly else None,
+                                         lean_logprobs=config.get("lean_logprobs", False))
+        return make_train_step(objective, optimizer, config.loop.micro_batches)(state, batch, rng)
+
+    new_state, metrics = jax.eval_shape(step, state, batch, jax.random.key(0), params)
+    if jax.tree.structure(new_state) != jax.tree.structure(state):
+        raise AssertionError("train step changes the state's structure")
+    report = {"model": cfg, "metrics": sorted(metrics), "estimates": {}}
+    for name, m in config.dry_run_meshes.items():
+        m = dict(m)
+        hbm = m.pop("hbm_gib", None)
+        est = estimate_training_memory(
+            cfg, optimizer, mesh=abstract_mesh(**m), micro_batch=B // config.loop.micro_batches,
+            seq_len=T, reference_on_the_fly=on_the_fly,
+            lean_logprobs=config.get("lean_logprobs", False),
+            accumulate=config.loop.micro_batches > 1)
+        report["estimates"][name] = est
+        print(f"{name} {m}:\n{est.table(int(hbm * 2**30) if hbm else None)}", flush=True)
+    return report

@@ -70,11 +70,17 @@ def _averaged_logps(name, beta, arrays):
 
 
 def pair_metrics(chosen_reward, rejected_reward) -> Metrics:
-    """Reward metrics shared by every pairwise loss (stop-gradiented, float32)."""
+    """Reward metrics shared by every pairwise loss (stop-gradiented, float32).
+
+    `reward_accuracy` is 1 where chosen > rejected, 0 where below, and 1/2 on an exact tie, so
+    a policy equal to its reference (every implicit reward 0) scores chance, not 0 (TRL counts
+    ties as wrong).
+    """
     c = jax.lax.stop_gradient(_f32(chosen_reward))
     r = jax.lax.stop_gradient(_f32(rejected_reward))
+    accuracy = jnp.where(c == r, 0.5, (c > r).astype(jnp.float32))
     return {"chosen_reward": c, "rejected_reward": r, "reward_margin": c - r,
-            "reward_accuracy": (c > r).astype(jnp.float32)}
+            "reward_accuracy": accuracy}
 
 
 def _arrays(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,

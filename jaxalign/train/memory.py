@@ -63,8 +63,13 @@ def activation_bytes(cfg: ModelConfig, rows: int, seq_len: int, lean_logprobs: b
 
 def estimate_training_memory(cfg: ModelConfig, optimizer, *, mesh=None, micro_batch: int,
                              seq_len: int, pairs: bool = True, reference_on_the_fly: bool = True,
-                             lean_logprobs: bool = False) -> MemoryEstimate:
-    """`micro_batch` examples (x2 sequences for preference pairs) split over data x fsdp."""
+                             lean_logprobs: bool = False, accumulate: bool = False
+                             ) -> MemoryEstimate:
+    """`micro_batch` examples (x2 sequences for preference pairs) split over data x fsdp.
+
+    `accumulate`: several micro-batches per step keep an accumulator beside the micro-batch's
+    own gradients (2x the gradient memory).
+    """
     params = param_bytes_per_device(cfg, mesh)
     total_params = param_bytes_per_device(cfg)
     opt_shapes = jax.eval_shape(optimizer.init, param_shapes(cfg))
@@ -75,5 +80,5 @@ def estimate_training_memory(cfg: ModelConfig, optimizer, *, mesh=None, micro_ba
     rows = max(1, -(-micro_batch * (2 if pairs else 1) // dp))
     return MemoryEstimate(
         params=params, reference=params if reference_on_the_fly else 0,
-        optimizer=optimizer_bytes, gradients=params,
+        optimizer=optimizer_bytes, gradients=params * (2 if accumulate else 1),
         activations=activation_bytes(cfg, rows, seq_len, lean_logprobs))

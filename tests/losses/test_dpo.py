@@ -75,7 +75,7 @@ def test_simpo_by_hand():
     # lbar_w = [-1/2, -4/4], lbar_l = [-3/1, -2/2]; beta (lbar_w - lbar_l - 0.25) = [4.5, -0.5].
     check(dpo.simpo(**PAIR, beta=2.0, gamma_beta_ratio=0.25), [sp(-4.5), sp(0.5)],
           chosen_reward=[-1.0, -2.0], rejected_reward=[-6.0, -2.0], reward_margin=[5.0, 0.0],
-          reward_accuracy=[1.0, 0.0])
+          reward_accuracy=[1.0, 0.5])  # an exact tie counts 1/2
 
 
 def test_orpo_by_hand():
@@ -151,3 +151,11 @@ def test_fully_empty_completions_are_finite():
         loss, grads = jax.value_and_grad(
             lambda pc: fn(**{**args, "policy_chosen_logps": pc})[0].sum())(zeros)
         assert np.isfinite(loss) and np.isfinite(grads).all()
+
+
+def test_reward_accuracy_counts_ties_as_half():
+    zeros = jnp.zeros(3)
+    _, metrics = dpo.sigmoid(policy_chosen_logps=jnp.array([-1.0, -2.0, -3.0]),
+                             policy_rejected_logps=jnp.array([-2.0, -2.0, -1.0]),
+                             ref_chosen_logps=zeros, ref_rejected_logps=zeros, beta=0.1)
+    np.testing.assert_array_equal(metrics["reward_accuracy"], [1.0, 0.5, 0.0])
