@@ -55,11 +55,15 @@ def _tokens(batch: dict) -> int:
 
 def train(loop: LoopConfig, *, objective, optimizer, params, model_cfg, train_iter,
           eval_batches: Iterable[dict] = (), mesh=None, meta: dict | None = None,
-          on_step: Callable[[int], Any] | None = None) -> TrainState:
-    """Runs (or resumes) to `loop.total_steps`; returns the final state."""
+          on_step: Callable[[int], Any] | None = None, logical_axes=None) -> TrainState:
+    """Runs (or resumes) to `loop.total_steps`; returns the final state.
+
+    `logical_axes`: a tree of logical axis-name tuples matching `params`, for param trees that
+    are not a plain LM of `model_cfg` (a reward model with a head, LoRA adapters, ...).
+    """
     mesh = mesh or shd.make_mesh(data=-1)
     batch_spec = shd.batch_sharding(mesh)
-    params = place_params(params, model_cfg, mesh)
+    params = place_params(params, model_cfg, mesh, logical_axes)
     state = jax.jit(lambda p: init_state(p, optimizer))(params)
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     step_fn = compile_step(make_train_step(objective, optimizer, loop.micro_batches),
@@ -148,8 +152,10 @@ def train(loop: LoopConfig, *, objective, optimizer, params, model_cfg, train_it
     return state
 
 
-def place_params(params, model_cfg, mesh):
+def place_params(params, model_cfg, mesh, logical_axes=None):
     """Put a host or single-device param tree onto the mesh with its logical shardings."""
     from jaxalign.models.transformer import param_logical_axes
-    shardings = shd.tree_shardings(param_logical_axes(model_cfg), params, mesh)
+    if logical_axes is None:
+        logical_axes = param_logical_axes(model_cfg)
+    shardings = shd.tree_shardings(logical_axes, params, mesh)
     return jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x), s), params, shardings)

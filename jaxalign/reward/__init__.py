@@ -1,0 +1,35 @@
+"""Reward models, preference models and judges (they use `models/`; `algorithms/` uses them).
+
+model.py       the scalar reward model: decoder + `score` head at the last real token
+hf.py          HF `*ForSequenceClassification` import/export (Llama, Mistral, Qwen2, GPT-2)
+train.py       Bradley-Terry loss and objective for the shared train step; held-out accuracy
+run.py         reward-model training from a config (`python -m jaxalign.reward --config ...`)
+batched.py     a jitted forward over many sequences: length buckets, sharded over the mesh
+scoring.py     RewardScorer (a grow step's score_fn) and ReST / CGPO normalisations
+probe.py       next-token log-probs of designated tokens (the read-out of LLM judges)
+preference.py  SPPO preference matrices: Bradley-Terry from scores, order-averaged pairwise judge
+judges.py      the Judge interface, MixtureOfJudges, RegexAnswerJudge, LLMJudge (CGPO)
+"""
+
+from jaxalign.reward.batched import BatchedForward
+from jaxalign.reward.hf import load_reward_hf, save_reward_hf
+from jaxalign.reward.judges import (Judge, JudgeError, LLMJudge, MixtureOfJudges,
+                                    MixtureVerdicts, RegexAnswerJudge, Verdicts, check_verdicts)
+from jaxalign.reward.model import (backbone_config, init_reward_params, last_token_index,
+                                   reward_logical_axes, reward_param_shapes, reward_scores)
+from jaxalign.reward.preference import (PairwiseJudge, ScorePreferenceModel,
+                                        bt_preference_matrix, order_averaged)
+from jaxalign.reward.probe import TokenProbe, next_token_logprobs
+from jaxalign.reward.scoring import (RewardScorer, calibrated, make_score_fn, percentile_rank,
+                                     sigmoid_scale)
+from jaxalign.reward.train import bradley_terry_loss, bradley_terry_objective, pairwise_accuracy
+
+__all__ = [
+    "BatchedForward", "Judge", "JudgeError", "LLMJudge", "MixtureOfJudges", "MixtureVerdicts",
+    "PairwiseJudge", "RegexAnswerJudge", "RewardScorer", "ScorePreferenceModel", "TokenProbe",
+    "Verdicts", "backbone_config", "bradley_terry_loss", "bradley_terry_objective",
+    "bt_preference_matrix", "calibrated", "check_verdicts", "init_reward_params",
+    "last_token_index", "load_reward_hf", "make_score_fn", "next_token_logprobs",
+    "order_averaged", "pairwise_accuracy", "percentile_rank", "reward_logical_axes",
+    "reward_param_shapes", "reward_scores", "save_reward_hf", "sigmoid_scale",
+]
