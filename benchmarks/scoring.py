@@ -3,17 +3,18 @@ LlamaForSequenceClassification (PyTorch, CPU), same weights, float32, in one pro
 
 The random reward model (bench-100m Llama backbone + score head, pad_token_id 0) is exported
 with `save_reward_hf` and loaded by transformers, and the two score the same batch of 32 rows x
-256 tokens (right-padded: row lengths spread over 128..256, never the pad id inside a row);
-the scores are checked to agree before timing.
+256 tokens (random ids, never the pad id, no padding); the scores are checked to agree before
+timing.
 
   jaxalign:      `jax.jit(reward_scores)` on the device-resident batch, timed per call until
                  the result is ready (what `RewardScorer` runs per bucket).
   transformers:  `model(input_ids, attention_mask)` under `torch.no_grad()`, `.logits` read.
 
-Reported: median time per batch after one warm-up call, sequences/s, tokens/s (real tokens, i.e.
-mask sum; padded slots are computed by both but not counted) and the jaxalign/transformers ratio.
+Reported: median time per batch after the first call of each (the score check), the two timed
+in alternation so that load from other jobs hits both alike; sequences/s, tokens/s and the
+jaxalign/transformers ratio (> 1: jaxalign is faster).
 
-    .venv/bin/python benchmarks/scoring.py            # bench-100m, 32 x 256 (~3 min, 2 cores)
+    .venv/bin/python benchmarks/scoring.py            # bench-100m, 32 x 256 (~4 min on 2 busy cores)
     .venv/bin/python benchmarks/scoring.py --quick    # bench-tiny, 8 x 64 (seconds)
 """
 
@@ -39,22 +40,19 @@ PAD = 0
 def make_batch(vocab: int, batch: int, length: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     tokens = rng.integers(1, vocab, (batch, length)).astype(np.int32)
-    lengths = np.linspace(length // 2, length, batch).astype(int)
-    mask = np.arange(length)[None, :] < lengths[:, None]
-    tokens[~mask] = PAD
-    return tokens, mask
+    return tokens, np.ones((batch, length), bool)
 
 
-def time_calls(fn, reps: int) -> tuple[float, float]:
-    t = time.perf_counter()
-    fn()  # warm-up (compile for JAX)
-    first = time.perf_counter() - t
-    times = []
+def time_interleaved(calls: dict, reps: int) -> dict:
+    """Median seconds per call of each function, timed in alternation, so a change in the
+    machine's load during the run affects both sides alike."""
+    times = {name: [] for name in calls}
     for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), first
+        for name, fn in calls.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(v) for name, v in times.items()}
 
 
 def main(argv=None) -> dict:
@@ -67,7 +65,7 @@ def main(argv=None) -> dict:
     a = parser.parse_args(argv)
     name = a.config or ("bench-tiny" if a.quick else "bench-100m")
     batch, length = a.batch or (8 if a.quick else 32), a.length or (64 if a.quick else 256)
-    reps = a.reps or (2 if a.quick else 5)
+    reps = a.reps or (2 if a.quick else 3)
 
     import torch
     import transformers
@@ -85,7 +83,6 @@ def main(argv=None) -> dict:
     t = time.perf_counter()
     ours = np.asarray(fn(params, t_dev, m_dev))
     jax_first = time.perf_counter() - t
-    jax_s, _ = time_calls(lambda: fn(params, t_dev, m_dev).block_until_ready(), reps)
 
     with tempfile.TemporaryDirectory(prefix="scoring_") as tmp:
         save_reward_hf(tmp, cfg, params)
@@ -99,11 +96,13 @@ def main(argv=None) -> dict:
 
     theirs = torch_call()
     diff = float(np.max(np.abs(ours - theirs)))
-    print(f"[{name}] {n_params / 1e6:.1f}M params, batch {batch} x {length} ({real} real "
+    print(f"[{name}] {n_params / 1e6:.1f}M params, batch {batch} x {length} ({real} "
           f"tokens); same-scores check: max |jax - torch| = {diff:.2e}", flush=True)
     if not diff <= 1e-3 * max(1.0, float(np.abs(theirs).max())):
         raise RuntimeError(f"jaxalign and transformers scores disagree (max diff {diff})")
-    torch_s, _ = time_calls(torch_call, reps)
+    med = time_interleaved({"jax": lambda: fn(params, t_dev, m_dev).block_until_ready(),
+                            "torch": torch_call}, reps)
+    jax_s, torch_s = med["jax"], med["torch"]
 
     res = dict(config=name, jax_s=jax_s, torch_s=torch_s, jax_first_s=jax_first,
                jax_seq_s=batch / jax_s, torch_seq_s=batch / torch_s,

@@ -31,8 +31,9 @@ def get_config(arg: str = ""):
         optimizer="adamw", lr=3e-3, warmup_steps=5, decay="linear", total_steps=steps,
         grad_clip=10.0))
     c.loop = ml_collections.ConfigDict(dict(
-        total_steps=steps, micro_batches=1, log_every=5, eval_every=10 if smoke else 50,
-        checkpoint_every=steps, keep_checkpoints=1, best_metric="eval/reward_accuracy",
+        total_steps=steps, micro_batches=1, log_every=5, eval_every=0 if smoke else 50,
+        checkpoint_every=steps, keep_checkpoints=1,
+        best_metric=None if smoke else "eval/reward_accuracy",
         async_checkpoints=True, progress_bar=True))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
     c.export_hf = not smoke

@@ -13,6 +13,8 @@ Llama 2's reward models); `eval/reward_accuracy` is the held-out pairwise accura
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,13 +57,18 @@ def bradley_terry_objective(cfg, *, margin: float = 0.0):
     return objective
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _accuracy_terms(cfg, params, batch):
+    _, w, m = bradley_terry_objective(cfg)(params, batch, None)
+    return w, m["reward_accuracy"]
+
+
 def pairwise_accuracy(cfg, params, batches) -> float:
     """Held-out accuracy (ties 1/2) over preference batches with `weight`, padding rows out."""
-    fn = jax.jit(lambda p, b: bradley_terry_objective(cfg)(p, b, None))
     hits, total = 0.0, 0.0
+    keys = ("chosen_tokens", "chosen_mask", "rejected_tokens", "rejected_mask", "weight")
     for batch in batches:
-        batch = {k: v for k, v in batch.items() if k != "id"}
-        _, w, m = jax.device_get(fn(params, batch))
-        hits += float(np.sum(w * m["reward_accuracy"]))
+        w, acc = jax.device_get(_accuracy_terms(cfg, params, {k: batch[k] for k in keys}))
+        hits += float(np.sum(w * acc))
         total += float(np.sum(w))
     return hits / max(total, 1e-9)

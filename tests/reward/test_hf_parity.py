@@ -11,13 +11,16 @@ import transformers as T
 
 from jaxalign.models.hf import CheckpointError
 from jaxalign.reward import load_reward_hf, reward_scores, save_reward_hf
+from jaxalign.sharding import make_mesh
 from tests.models.hf_tiny import make_hf_model
 from tests.reward.hf_tiny_cls import FAMILIES, hf_scores, make_hf_classifier, padded_batch
 
 
+_scores = jax.jit(reward_scores, static_argnums=0)  # one compile per config and shape
+
+
 def _ours(cfg, params, tokens, mask):
-    fn = jax.jit(lambda p, t, m: reward_scores(cfg, p, t, m))
-    return np.asarray(fn(params, tokens, mask))
+    return np.asarray(_scores(cfg, params, tokens, mask))
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
@@ -65,17 +68,19 @@ def test_export_round_trip_is_exact_and_transformers_loads_it(family_ckpt, tmp_p
                                atol=1e-4, rtol=0)
 
 
-def test_sharded_bfloat16_export(family_ckpt, tmp_path):
-    family, _, path = family_ckpt
-    if family != "llama":
-        pytest.skip("one family is enough for the index path")
-    cfg, params = load_reward_hf(path)
-    save_reward_hf(str(tmp_path), cfg, params, dtype="bfloat16", max_shard_bytes=20_000)
-    index = json.load(open(tmp_path / "model.safetensors.index.json"))
+def test_sharded_bfloat16_export(tmp_path):
+    make_hf_classifier("llama").save_pretrained(tmp_path / "src")
+    cfg, params = load_reward_hf(str(tmp_path / "src"))
+    out = tmp_path / "out"
+    save_reward_hf(str(out), cfg, params, dtype="bfloat16", max_shard_bytes=20_000)
+    index = json.load(open(out / "model.safetensors.index.json"))
     assert len(set(index["weight_map"].values())) > 1 and "score.weight" in index["weight_map"]
-    _, p16 = load_reward_hf(str(tmp_path), param_dtype="bfloat16")
+    mesh = make_mesh(data=2, fsdp=4)
+    _, p16 = load_reward_hf(str(out), param_dtype="bfloat16", mesh=mesh)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(
         np.asarray(a.astype(b.dtype)), np.asarray(b)), params, p16)
+    assert tuple(p16["score"]["kernel"].sharding.spec) == ("fsdp", None)
+    assert p16["model"]["embed"]["embedding"].sharding.spec[1] == "fsdp"
 
 
 def test_causal_lm_checkpoint_has_no_score_head(tmp_path):
@@ -98,8 +103,8 @@ def test_more_than_one_label_is_refused(tmp_path):
         load_reward_hf(str(bad))
 
 
-def test_export_needs_a_pad_token(family_ckpt, tmp_path):
-    _, _, path = family_ckpt
-    cfg, params = load_reward_hf(path)
+def test_export_needs_a_pad_token(tmp_path):
+    make_hf_classifier("gpt2").save_pretrained(tmp_path / "src")
+    cfg, params = load_reward_hf(str(tmp_path / "src"))
     with pytest.raises(ValueError, match="pad_token_id is None"):
-        save_reward_hf(str(tmp_path), cfg.replace(pad_token_id=None), params)
+        save_reward_hf(str(tmp_path / "out"), cfg.replace(pad_token_id=None), params)
