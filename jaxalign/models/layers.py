@@ -98,9 +98,11 @@ def make_norm(cfg: ModelConfig, name: str) -> nn.Module:
 class Attention(nn.Module):
     """Multi-head attention with grouped KV heads and an optional preallocated KV cache.
 
-    With `kv_cache=(k, v)` of shape [B, S, K, H], the T new keys and values are written at slots
-    [write_index, write_index + T) and the queries attend over all S slots; `mask_Bx1xTxS` says
-    which slot each query may see (causal order, padding, sliding window).
+    With `kv_cache=(k, v, layer)`, k and v the stacked caches [L, B, S, K, H], the T new keys and
+    values are written in place at layer `layer`, slots [write_index, write_index + T), and the
+    queries attend over that layer's S slots; `mask_Bx1xTxS` says which slot each query may see
+    (causal order, padding, sliding window). Writing into the stacked cache (not into a copy of
+    the layer that is then written back) keeps a decode step from copying the cache.
     """
 
     cfg: ModelConfig
@@ -117,11 +119,12 @@ class Attention(nn.Module):
         if sin_cos is not None:
             q, k = apply_rope(q, *sin_cos), apply_rope(k, *sin_cos)
         if kv_cache is not None:
-            ck, cv = kv_cache
-            start = (0, write_index, 0, 0)
-            k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), start)
-            v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), start)
-            kv_cache = (k, v)
+            ck, cv, layer = kv_cache
+            start = (layer, 0, write_index, 0, 0)
+            ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), start)
+            cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), start)
+            kv_cache = (ck, cv)
+            k, v = ck[layer], cv[layer]
         out = jax.nn.dot_product_attention(
             q, k.astype(q.dtype), v.astype(q.dtype), mask=mask_Bx1xTxS,
             implementation=cfg.attention_impl)
@@ -149,8 +152,8 @@ class MLP(nn.Module):
 class DecoderLayer(nn.Module):
     """Pre-norm block, written as a scan body: carry = (x, cache_k, cache_v, layer_index).
 
-    The cache of every layer is stacked [L, B, S, K, H] and travels in the carry, so each step
-    updates it in place instead of copying a stacked scan output.
+    The cache of every layer is stacked [L, B, S, K, H] and travels in the carry; attention writes
+    this layer's new keys and values into it in place, so a step never copies the cache.
     """
 
     cfg: ModelConfig
@@ -158,13 +161,12 @@ class DecoderLayer(nn.Module):
     @nn.compact
     def __call__(self, carry, sin_cos, mask_Bx1xTxS, write_index):
         x, cache_k, cache_v, i = carry
-        layer_cache = None if cache_k is None else (cache_k[i], cache_v[i])
-        h, layer_cache = Attention(self.cfg, name="attn")(
-            make_norm(self.cfg, "attn_norm")(x), sin_cos, mask_Bx1xTxS, layer_cache, write_index)
+        kv_cache = None if cache_k is None else (cache_k, cache_v, i)
+        h, kv_cache = Attention(self.cfg, name="attn")(
+            make_norm(self.cfg, "attn_norm")(x), sin_cos, mask_Bx1xTxS, kv_cache, write_index)
         x = x + h
         x = x + MLP(self.cfg, name="mlp")(make_norm(self.cfg, "mlp_norm")(x))
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         if cache_k is not None:
-            cache_k = jax.lax.dynamic_update_index_in_dim(cache_k, layer_cache[0], i, 0)
-            cache_v = jax.lax.dynamic_update_index_in_dim(cache_v, layer_cache[1], i, 0)
+            cache_k, cache_v = kv_cache
         return (x, cache_k, cache_v, i + 1), None

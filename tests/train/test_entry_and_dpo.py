@@ -1,5 +1,6 @@
 """The training entry point, the paper-scale dry run and DPO end to end on the toy set."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,8 @@ import pytest
 
 from experiments import dpo_mistral_ultrafeedback, dpo_toy
 from jaxalign.algorithms import run_dpo
+from jaxalign.data import toy
+from jaxalign.sampling import Sampler
 from jaxalign.train.metrics import read_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -45,7 +48,7 @@ def test_dpo_learns_the_toy_preference(tmp_path):
     config = dpo_toy.get_config("smoke")
     config.workdir = str(tmp_path)
     config.loop.progress_bar = False
-    run_dpo.run(config)
+    built, state = run_dpo.run(config)
     evals = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "eval/reward_accuracy" in r]
     first, last = evals[0], evals[-1]
     assert first["step"] == 0 and last["step"] == config.loop.total_steps
@@ -56,3 +59,13 @@ def test_dpo_learns_the_toy_preference(tmp_path):
     assert last["eval/reward_margin"] > first["eval/reward_margin"] + 0.5
     assert np.isfinite(last["eval/loss"]) and last["eval/loss"] < 0.5
     assert os.path.isdir(tmp_path / "checkpoints" / "best")
+    # The chosen property (positive words) becomes more frequent in greedy samples.
+    prompts = [json.loads(line)["prompt"] for line in open(tmp_path / "data" / "eval.jsonl")]
+    sampler = Sampler(built["cfg"], built["ref_params"], built["tokenizer"], max_len=32)
+    before = toy.positive_fraction(t[0] for t in sampler(prompts, max_new_tokens=8,
+                                                         temperature=0.0).texts)
+    sampler.set_params(state.params)
+    after = toy.positive_fraction(t[0] for t in sampler(prompts, max_new_tokens=8,
+                                                        temperature=0.0).texts)
+    print(f"positive-word share of greedy samples {before:.2f} -> {after:.2f}")
+    assert after > before + 0.3 and after > 0.8

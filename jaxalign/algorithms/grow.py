@@ -1,0 +1,153 @@
+"""The grow step shared by ReST, SPPO and CGPO: n completions per prompt, written as JSONL shards.
+
+    grow("prompts.jsonl", "ckpt/", out_dir="grow/iter1", n=25, temperature=0.8,
+         max_new_tokens=256, score_fn=reward)          # ReST (Gulcehre et al. 2023): D_g
+    grow(prompts, sampler, out_dir=..., n=5, temperature=0.7, top_p=0.9)   # SPPO's K=5 samples
+
+prompts: a JSONL file (or several) of {"prompt": str | messages, "id"?: str | int} rows (read
+with jaxalign.data: a malformed row raises DataError naming file and line), or an in-memory
+list of strings or such dicts. A prompt's id (default: its index in the dataset) seeds its
+random keys, so its completions do not depend on sharding, batching or restarts.
+
+Output: out_dir/shard-00000-of-00004.jsonl, ...: shard k holds prompts [k * shard_size,
+(k + 1) * shard_size), one line per (prompt, sample):
+  {"id", "prompt", "sample", "completion" (text, stop token excluded), "prompt_tokens",
+   "tokens" (the stop token included), "logprobs" (sampling distribution), "model_logprobs"
+   (unmodified policy), "length", "stop_reason" ("stop" | "length"), "score" (with score_fn)}
+A shard is written to a temporary file and renamed when complete (os.replace), so a killed run
+leaves only whole shards; a restarted run skips them. out_dir/grow.json records the settings;
+restarting with different ones is an error (the finished shards would not match).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from jaxalign.data.readers import read_examples
+from jaxalign.sampling import Sampler
+
+ScoreFn = Callable[[Any, list[str]], Sequence[float]]  # (prompt, completions) -> scores
+
+
+def read_prompts(source: str | os.PathLike | Sequence) -> list[dict]:
+    """[{"id", "prompt"}] from a JSONL path (ids: str) or a list of strings / dicts (ids: int)."""
+    if isinstance(source, (str, os.PathLike)):
+        return [{"id": ex["id"], "prompt": ex["prompt"]}
+                for ex in read_examples("prompt", source)]
+    out = []
+    for i, row in enumerate(source):
+        row = {"prompt": row} if isinstance(row, str) else dict(row)
+        if not row.get("prompt"):
+            raise ValueError(f"prompt {i}: missing or empty 'prompt'")
+        out.append({"id": row.get("id", i), "prompt": row["prompt"]})
+    return out
+
+
+def _policy(policy, tokenizer, mesh, sampler_kw) -> Sampler:
+    if isinstance(policy, Sampler):
+        return policy
+    if isinstance(policy, (str, os.PathLike)):
+        return Sampler.from_pretrained(os.fspath(policy), tokenizer, mesh=mesh, **sampler_kw)
+    cfg, params = policy
+    return Sampler(cfg, params, tokenizer, mesh=mesh, **sampler_kw)
+
+
+def _check_settings(out_dir: str, settings: dict) -> None:
+    path = os.path.join(out_dir, "grow.json")
+    if os.path.exists(path):
+        with open(path) as fh:
+            old = json.load(fh)
+        if old != settings:
+            diff = {k: (old.get(k), settings.get(k)) for k in set(old) | set(settings)
+                    if old.get(k) != settings.get(k)}
+            raise ValueError(f"{out_dir} holds a grow run with other settings {diff} "
+                             "(was, now): use another out_dir")
+        return
+    _write_atomic(path, json.dumps(settings, indent=2) + "\n")
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _records(rows: list[dict], out, score_fn: ScoreFn | None) -> list[dict]:
+    records = []
+    for k, row in enumerate(rows):
+        texts = out.texts[k]
+        scores = list(score_fn(row["prompt"], texts)) if score_fn is not None else None
+        if scores is not None and len(scores) != len(texts):
+            raise ValueError(f"score_fn returned {len(scores)} scores for {len(texts)} "
+                             f"completions of prompt {row['id']!r}")
+        for j, text in enumerate(texts):
+            L = int(out.lengths[k, j])
+            rec = {"id": row["id"], "prompt": row["prompt"], "sample": j, "completion": text,
+                   "prompt_tokens": out.prompt_tokens[k], "tokens": out.tokens[k, j, :L].tolist(),
+                   "logprobs": out.logprobs[k, j, :L].tolist(),
+                   "model_logprobs": out.model_logprobs[k, j, :L].tolist(), "length": L,
+                   "stop_reason": str(out.stop_reason[k, j])}
+            if scores is not None:
+                rec["score"] = float(scores[j])
+            records.append(rec)
+    return records
+
+
+def grow(prompts, policy, *, out_dir: str, n: int, tokenizer=None, shard_size: int = 256,
+         batch_size: int = 32, score_fn: ScoreFn | None = None, seed: int = 0, mesh=None,
+         progress: bool = True, sampler_kw: dict | None = None, **sampling) -> list[str]:
+    """Writes every shard not yet in out_dir; returns the paths of all shards.
+
+    policy: a Sampler, a HF checkpoint dir, or (ModelConfig, params) (then pass tokenizer).
+    sampling: Sampler.stream arguments (max_new_tokens, temperature, top_p, ...).
+    """
+    if not (isinstance(shard_size, int) and shard_size >= 1):
+        raise ValueError(f"shard_size must be an int >= 1, got {shard_size!r}")
+    rows = read_prompts(prompts)
+    if not rows:
+        raise ValueError("no prompts")
+    sampler = _policy(policy, tokenizer, mesh, sampler_kw or {})
+    os.makedirs(out_dir, exist_ok=True)
+    _check_settings(out_dir, {"n": n, "seed": seed, "shard_size": shard_size,
+                              "num_prompts": len(rows), "sampling": sampling})
+    count = -(-len(rows) // shard_size)
+    paths = [os.path.join(out_dir, f"shard-{k:05d}-of-{count:05d}.jsonl") for k in range(count)]
+    todo = [k for k in range(count) if not os.path.exists(paths[k])]
+    bar = tqdm(total=sum(len(rows[k * shard_size:(k + 1) * shard_size]) for k in todo) * n,
+               unit="sample", desc=f"grow {out_dir}", disable=not progress)
+    start, tokens = time.perf_counter(), 0
+    for k in todo:
+        shard = rows[k * shard_size:(k + 1) * shard_size]
+        records: list[list[dict]] = [[] for _ in shard]
+        for index, out in sampler.stream([r["prompt"] for r in shard], ids=[r["id"] for r in shard],
+                                         n=n, seed=seed, batch_size=batch_size, **sampling):
+            batch = _records([shard[i] for i in index], out, score_fn)
+            for i, recs in zip(index, _group(batch, n)):
+                records[i] = recs
+            tokens += out.num_tokens
+            bar.update(len(index) * n)
+            bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
+        _write_atomic(paths[k], "".join(json.dumps(r) + "\n" for recs in records for r in recs))
+    bar.close()
+    return paths
+
+
+def _group(records: list[dict], n: int) -> list[list[dict]]:
+    return [records[i:i + n] for i in range(0, len(records), n)]
+
+
+def read_shards(paths: Sequence[str]) -> list[dict]:
+    """Every record of the shards, in order."""
+    out = []
+    for path in paths:
+        with open(path) as fh:
+            out.extend(json.loads(line) for line in fh)
+    return out

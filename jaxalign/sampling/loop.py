@@ -1,0 +1,250 @@
+"""The compiled sampling loop: one prefill over the prompts, then a `while_loop` of 1-token steps.
+
+    state = prefill(params, guide_params, guide_weights, tokens_BxP, mask_BxP, ids_B, budget_B,
+                    seed, policy=LM(cfg), guides=(), settings=settings)
+    state = decode(params, guide_params, guide_weights, state, ...)  # donates `state`
+
+Rows: each of the B prompts is prefilled once; its KV cache is then repeated for its n samples,
+so row r = b * n + j is sample j of prompt b (R = B * n rows). The cache has P + max_new - 1
+slots, so "the cache is full" and "max_new_tokens produced" are the same event; every row also
+has its own budget (max_len - prompt length, capped at max_new; 0 for batch padding rows).
+
+Randomness: row r's key is fold_in(fold_in(key(seed), prompt_id), sample_index), and step t
+draws with fold_in(row key, t): a prompt's completions do not depend on the batch it is in,
+its padding, the batch size or the number of devices.
+
+Guides (GenARM-style guided decoding, Xu et al. 2024): each is another causal LM run in the same
+compiled step with its own KV cache; its logits join the policy's through its `combine` rule,
+`z = combine(z, z_guide, weight)`, before temperature and filters. The default rule gives
+`z_base + sum_i alpha_i * z_arm_i` (GenARM eq. for pi_base * pi_arm^alpha); weights are runtime
+arrays, so sweeping alpha does not recompile.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+from typing import Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxalign.models import KVCache, ModelConfig, Transformer, init_cache, positions_from_mask
+from jaxalign.sampling import selection
+
+# How many times each compiled function was traced (tests assert no recompilation).
+TRACES: collections.Counter = collections.Counter()
+
+
+def split_layers(params):
+    """Decode layout of the params: the stacked `layers` subtree as a tuple of per-layer trees.
+
+    A decode step reads every weight once and is memory-bound. XLA on CPU copies a slice of a
+    stacked [L, ...] array before a matmul can read it, tripling the weight traffic; from one
+    buffer per layer, `stack_layers` inside the step is a concatenate that the model's per-layer
+    slices fold away, so each matmul reads its layer's buffer directly.
+    """
+    n = jax.tree.leaves(params["layers"])[0].shape[0]
+    layers = tuple(jax.tree.map(lambda x, i=i: x[i], params["layers"]) for i in range(n))
+    return {**params, "layers": layers}
+
+
+def stack_layers(params):
+    """Inverse of `split_layers` (identity on params already stacked)."""
+    if not isinstance(params["layers"], tuple):
+        return params
+    return {**params, "layers": jax.tree.map(lambda *xs: jnp.stack(xs), *params["layers"])}
+
+
+@dataclasses.dataclass(frozen=True)
+class LM:
+    """A jaxalign `Transformer` as the loop sees it: a step (tokens, cache) -> (logits, cache)."""
+
+    cfg: ModelConfig
+
+    def init_cache(self, batch: int, length: int) -> KVCache:
+        return init_cache(self.cfg, batch, length)
+
+    def __call__(self, params, tokens_BxT, positions_BxT, mask_BxT, cache: KVCache):
+        """Logits [B, V] float32 of the last position only, and the cache with T more slots."""
+        model, variables = Transformer(self.cfg), {"params": stack_layers(params)}
+        _, cache, hidden_BxTxD = model.apply(variables, tokens_BxT, positions_BxT, mask_BxT,
+                                             cache, return_logits=False)
+        logits_Bx1xV = model.apply(variables, hidden_BxTxD[:, -1:], method=Transformer.logits)
+        return logits_Bx1xV[:, 0], cache
+
+
+def weighted_sum(z_BxV, z_guide_BxV, weight):
+    """GenARM's combination: z_base + alpha * z_arm (Xu et al. 2024, guided decoding)."""
+    return z_BxV + weight * z_guide_BxV
+
+
+@dataclasses.dataclass(frozen=True)
+class Guide:
+    """An extra model in the decode step; its params and weight are runtime arguments."""
+
+    lm: LM
+    combine: Callable = weighted_sum  # (z [B, V], z_guide [B, V], weight []) -> z
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Static settings of one compiled loop (hashable). Shapes come from the arrays."""
+
+    max_new_tokens: int
+    rule: selection.Rule
+    stop_ids: tuple[int, ...]
+    pad_id: int
+    vocab_size: int  # the tokenizer's: larger ids (padded embedding rows) are never chosen
+    n: int = 1  # samples per prompt
+
+
+@flax.struct.dataclass
+class State:
+    step: jax.Array  # [] int32: tokens produced so far by every row (= next column to write)
+    tokens: jax.Array  # [R, N] int32: generated tokens, pad_id after a row ends
+    logprobs: jax.Array  # [R, N] float32: under the sampling distribution (0 after the end)
+    model_logprobs: jax.Array  # [R, N] float32: under the unmodified policy
+    lengths: jax.Array  # [R] int32: tokens generated, the stop token included
+    done: jax.Array  # [R] bool
+    stopped: jax.Array  # [R] bool: ended on a stop id (else: budget or cache exhausted)
+    budget: jax.Array  # [R] int32: most tokens the row may generate
+    prompt_lengths: jax.Array  # [R] int32: real prompt tokens (next position: this + step - 1)
+    keys: jax.Array  # [R] PRNG keys, one per (prompt, sample)
+    caches: tuple  # KVCache of the policy, then of each guide
+
+
+def _fit_vocab(z_BxV, V: int):
+    """A guide's logits on the policy's vocabulary (ids past the tokenizer are masked later)."""
+    if z_BxV.shape[-1] >= V:
+        return z_BxV[:, :V]
+    return jnp.pad(z_BxV, ((0, 0), (0, V - z_BxV.shape[-1])))
+
+
+def _select(state: State, z_policy_BxV, z_guides, weights_G, guides, settings: Settings):
+    """Combine the logits, choose a token per row, record it: the step shared by both phases."""
+    z_BxV = z_policy_BxV
+    for i, (guide, z_g) in enumerate(zip(guides, z_guides)):
+        z_BxV = guide.combine(z_BxV, _fit_vocab(z_g, z_BxV.shape[-1]), weights_G[i])
+    z_BxV = selection.mask_vocab(z_BxV, settings.vocab_size)
+    step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.keys, state.step)
+    tok_R, lp_R = selection.choose(step_keys, z_BxV, settings.rule)
+    model_lp_R = selection.token_logprob(z_policy_BxV, tok_R)
+
+    live_R = ~state.done
+    tok_R = jnp.where(live_R, tok_R, settings.pad_id).astype(jnp.int32)
+    put = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None], (0, state.step))
+    lengths_R = state.lengths + live_R
+    hit_R = live_R & jnp.isin(tok_R, jnp.asarray(settings.stop_ids, jnp.int32))
+    return state.replace(
+        step=state.step + 1,
+        tokens=put(state.tokens, tok_R),
+        logprobs=put(state.logprobs, jnp.where(live_R, lp_R, 0.0)),
+        model_logprobs=put(state.model_logprobs, jnp.where(live_R, model_lp_R, 0.0)),
+        lengths=lengths_R,
+        stopped=state.stopped | hit_R,
+        done=state.done | hit_R | (lengths_R >= state.budget))
+
+
+def _rows(x, n: int, axis: int = 0):
+    """Prompt-major rows: each prompt's entry repeated for its n samples."""
+    return x if n == 1 else jnp.repeat(x, n, axis=axis)
+
+
+def _constrain(state: State, mesh: Mesh | None) -> State:
+    """Rows over the mesh's data/fsdp axes (what `jaxalign.sharding.batch_sharding` does)."""
+    if mesh is None:
+        return state
+    put = lambda x, *lead: jax.lax.with_sharding_constraint(
+        x, NamedSharding(mesh, PartitionSpec(*lead, ("data", "fsdp"))))
+    caches = tuple(c.replace(k=put(c.k, None), v=put(c.v, None), mask=put(c.mask))
+                   for c in state.caches)
+    rows = {f.name: put(getattr(state, f.name)) for f in dataclasses.fields(state)
+            if f.name not in ("step", "caches")}
+    return state.replace(caches=caches, **rows)
+
+
+def _prefill(params, guide_params, guide_weights, tokens_BxP, mask_BxP, prompt_ids_B, budget_B,
+            seed, *, policy: LM, guides: tuple[Guide, ...], settings: Settings,
+            mesh: Mesh | None = None) -> State:
+    """Runs every model over the left-padded prompts and chooses each row's first token."""
+    TRACES["prefill"] += 1
+    B, P = tokens_BxP.shape
+    n, N = settings.n, settings.max_new_tokens
+    S = P + N - 1  # the last token chosen is never fed back
+    positions_BxP = positions_from_mask(mask_BxP)
+    logits, caches = [], []
+    for lm, p in zip((policy,) + tuple(g.lm for g in guides), (params,) + tuple(guide_params)):
+        z_BxV, cache = lm(p, tokens_BxP, positions_BxP, mask_BxP, lm.init_cache(B, S))
+        logits.append(_rows(z_BxV, n))
+        caches.append(cache.replace(k=_rows(cache.k, n, 1), v=_rows(cache.v, n, 1),
+                                    mask=_rows(cache.mask, n)))
+
+    R = B * n
+    sample_idx_R = jnp.tile(jnp.arange(n, dtype=jnp.uint32), B)
+    fold = jax.vmap(jax.random.fold_in)
+    keys_R = fold(fold(jnp.broadcast_to(jax.random.key(seed), (R,)), _rows(prompt_ids_B, n)),
+                  sample_idx_R)
+    budget_R = _rows(budget_B, n)
+    state = State(
+        step=jnp.zeros((), jnp.int32),
+        tokens=jnp.full((R, N), settings.pad_id, jnp.int32),
+        logprobs=jnp.zeros((R, N), jnp.float32),
+        model_logprobs=jnp.zeros((R, N), jnp.float32),
+        lengths=jnp.zeros((R,), jnp.int32),
+        done=budget_R <= 0,
+        stopped=jnp.zeros((R,), bool),
+        budget=budget_R,
+        prompt_lengths=_rows(mask_BxP.sum(-1, dtype=jnp.int32), n),
+        keys=keys_R,
+        caches=tuple(caches))
+    return _constrain(_select(state, logits[0], logits[1:], guide_weights, guides, settings), mesh)
+
+
+def _decode(params, guide_params, guide_weights, state: State, *, policy: LM,
+           guides: tuple[Guide, ...], settings: Settings) -> State:
+    """One-token steps until every row is done or the cache is full."""
+    TRACES["decode"] += 1
+    lms = (policy,) + tuple(g.lm for g in guides)
+    all_params = (params,) + tuple(guide_params)
+
+    def cond(state: State):
+        cache = state.caches[0]
+        return ~jnp.all(state.done) & (cache.index < cache.max_len)
+
+    def body(state: State):
+        last_Rx1 = jax.lax.dynamic_slice_in_dim(state.tokens, state.step - 1, 1, axis=1)
+        live_Rx1 = ~state.done[:, None]  # finished rows are fed padding, masked out
+        positions_Rx1 = jnp.where(live_Rx1, (state.prompt_lengths + state.step - 1)[:, None], 0)
+        logits, caches = [], []
+        for lm, p, cache in zip(lms, all_params, state.caches):
+            z_BxV, cache = lm(p, last_Rx1, positions_Rx1, live_Rx1, cache)
+            logits.append(z_BxV)
+            caches.append(cache)
+        state = state.replace(caches=tuple(caches))
+        return _select(state, logits[0], logits[1:], guide_weights, guides, settings)
+
+    return jax.lax.while_loop(cond, body, state)
+
+
+# XLA:CPU's YNNPACK matmuls choose their blocking from the shapes (e.g. how the contraction is
+# split over threads), so a row's logits change in their last bits (~1e-6 relative) with the
+# number of rows; with these options XLA's own kernels run instead and a row's floats do not
+# depend on its batch at all (bit-identical), for slower matmuls.
+BATCH_INVARIANT_CPU = (("xla_cpu_experimental_ynn_fusion_type", ""),)
+
+
+@functools.cache
+def compiled(compiler_options: tuple[tuple[str, str], ...] = ()):
+    """(prefill, decode) jitted with these XLA compiler options; `decode` donates the state."""
+    opts = dict(compiler_options) or None
+    static = ("policy", "guides", "settings", "mesh")
+    return (jax.jit(_prefill, static_argnames=static, compiler_options=opts),
+            jax.jit(_decode, static_argnames=static[:3], donate_argnames=("state",),
+                    compiler_options=opts))
+
+
+prefill, decode = compiled()

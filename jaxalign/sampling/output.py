@@ -1,0 +1,46 @@
+"""What the Sampler returns: completions of P prompts, n samples each, as numpy arrays."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class SampleOutput:
+    """Completions of P prompts, n samples each; N = max_new_tokens."""
+
+    tokens: np.ndarray  # [P, n, N] int32, pad_id after each completion's end
+    lengths: np.ndarray  # [P, n] int32, the stop token included
+    logprobs: np.ndarray  # [P, n, N] float32 under the sampling distribution, 0 after the end
+    model_logprobs: np.ndarray  # [P, n, N] float32 under the unmodified policy
+    stop_reason: np.ndarray  # [P, n] "stop" (ended on a stop id) or "length" (budget / cache)
+    texts: list[list[str]] | None  # decoded without the stop token; None without a tokenizer
+    prompt_tokens: list[list[int]]
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.lengths.sum())
+
+    @staticmethod
+    def merge(parts: Sequence[tuple[np.ndarray, "SampleOutput"]], count: int) -> "SampleOutput":
+        """One output for `count` prompts from (prompt indices, output) parts."""
+        if not parts:
+            raise ValueError("no prompts")
+        first = parts[0][1]
+        arrays = {}
+        for name in ("tokens", "lengths", "logprobs", "model_logprobs", "stop_reason"):
+            x = getattr(first, name)
+            arrays[name] = np.empty((count,) + x.shape[1:], x.dtype)
+            for index, part in parts:
+                arrays[name][index] = getattr(part, name)
+        texts, prompt_tokens = [None] * count, [None] * count
+        for index, part in parts:
+            for k, i in enumerate(index):
+                prompt_tokens[i] = part.prompt_tokens[k]
+                if part.texts is not None:
+                    texts[i] = part.texts[k]
+        return SampleOutput(texts=None if first.texts is None else texts,
+                            prompt_tokens=prompt_tokens, **arrays)
