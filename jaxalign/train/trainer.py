@@ -44,10 +44,6 @@ class LoopConfig:
     progress_bar: bool = True
 
 
-class Interrupted(Exception):
-    pass
-
-
 def _tokens(batch: dict) -> int:
     return int(sum(np.asarray(v).sum() for k, v in batch.items() if k.endswith("mask")
                    and "loss" not in k))
