@@ -1,16 +1,16 @@
 """Greedy sampling throughput: jaxalign's Sampler against transformers `generate`, with ceilings.
 
-    JAX_PLATFORMS=cpu .venv/bin/python benchmarks/sampling.py            # ~6-10 min on 2 cores
+    JAX_PLATFORMS=cpu .venv/bin/python benchmarks/sampling.py            # ~4-5 min on 2 idle cores
     JAX_PLATFORMS=cpu .venv/bin/python benchmarks/sampling.py --quick    # seconds (a test runs it)
 
 Both sides run the same random Llama weights (made by transformers, loaded with `load_hf`),
 float32, greedy, 32-token prompts and 128 new tokens with no stop token (every row produces all
 its tokens), at batch 1, 8 and 32, for a tiny config (hidden 64, 2 layers) and a ~100M one
 (hidden 768, 12 layers, vocab 32000). tokens/s counts generated tokens over the whole call
-(prefill included), best of `--reps` after a warm-up; the two sides alternate so background
-load hits both alike. Two ceilings are measured here, not assumed:
+(prefill included), best of `--reps` (x5 for tiny) after a warm-up; the two sides alternate so
+background load hits both alike. Two ceilings are measured here, not assumed:
   matmul-only: one jitted decode step's matmuls alone (same shapes, per-layer weight buffers),
-    looped `--new` times in one program: B / (time per step) tokens/s;
+    looped over the 128 steps in one program: B / (time per step) tokens/s;
   roofline (batch 1): bandwidth of a jitted matrix-vector product over a 512 MiB float32
     matrix, divided by the bytes a step must read (every weight but the embedding table, and
     the KV cache of the average context): the best a memory-bound batch-1 step can do.
@@ -159,6 +159,7 @@ def main(argv=None) -> list[dict]:
         plan, new, reps, mib = [("tiny", (1,))], 16, 1, 64
     else:
         plan, new, reps, mib = [("tiny", (1, 8, 32)), ("100M", (1, 8, 32))], 128, args.reps, 512
+        # tiny calls take milliseconds: more repetitions make their best-of robust to load
     bw = bandwidth(mib)
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, {os.cpu_count()} cpus, "
           f"load average {os.getloadavg()[0]:.1f} (other processes slow both sides, torch's "
@@ -166,7 +167,8 @@ def main(argv=None) -> list[dict]:
     print(HEADER)
     rows = []
     for name, batches in plan:
-        rows += bench_config(name, batches, prompt_len=32, new=new, reps=reps, bw=bw)
+        rows += bench_config(name, batches, prompt_len=32, new=new,
+                             reps=reps * 5 if name == "tiny" and not args.quick else reps, bw=bw)
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     return rows
 

@@ -2,9 +2,10 @@
 
     grow("prompts.jsonl", "ckpt/", out_dir="grow/iter1", n=25, temperature=0.8,
          max_new_tokens=256, score_fn=reward)          # ReST (Gulcehre et al. 2023): D_g
+    # reward = jaxalign.reward.scoring.make_score_fn(scorer, normalize="sigmoid")
     grow(prompts, sampler, out_dir=..., n=5, temperature=0.7, top_p=0.9)   # SPPO's K=5 samples
 
-prompts: a JSONL file (or several) of {"prompt": str | messages, "id"?: str | int} rows (read
+prompts: a JSONL file of {"prompt": str | messages, "id"?: str | int} rows (read
 with jaxalign.data: a malformed row raises DataError naming file and line), or an in-memory
 list of strings or such dicts. A prompt's id (default: its index in the dataset) seeds its
 random keys, so its completions do not depend on sharding, batching or restarts.
@@ -24,14 +25,17 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
 from jaxalign.data.readers import read_examples
 from jaxalign.sampling import Sampler
 
-ScoreFn = Callable[[Any, list[str]], Sequence[float]]  # (prompt, completions) -> scores
+# (prompts, completions) -> one score per pair; called once per finished batch with the N pairs
+# of its prompts (each prompt repeated for its n consecutive completions), as
+# jaxalign.reward.scoring.make_score_fn builds them.
+ScoreFn = Callable[[list, list[str]], Sequence[float]]
 
 
 def read_prompts(source: str | os.PathLike | Sequence) -> list[dict]:
@@ -81,23 +85,27 @@ def _write_atomic(path: str, text: str) -> None:
 
 
 def _records(rows: list[dict], out, score_fn: ScoreFn | None) -> list[dict]:
+    """The batch's records, prompt-major (n consecutive samples per prompt), scored."""
+    n = out.lengths.shape[1]
+    pairs = [(k, j) for k in range(len(rows)) for j in range(n)]
+    scores = None
+    if score_fn is not None:
+        scores = [float(x) for x in score_fn([rows[k]["prompt"] for k, _ in pairs],
+                                             [out.texts[k][j] for k, j in pairs])]
+        if len(scores) != len(pairs):
+            raise ValueError(f"score_fn returned {len(scores)} scores for {len(pairs)} "
+                             "(prompt, completion) pairs")
     records = []
-    for k, row in enumerate(rows):
-        texts = out.texts[k]
-        scores = list(score_fn(row["prompt"], texts)) if score_fn is not None else None
-        if scores is not None and len(scores) != len(texts):
-            raise ValueError(f"score_fn returned {len(scores)} scores for {len(texts)} "
-                             f"completions of prompt {row['id']!r}")
-        for j, text in enumerate(texts):
-            L = int(out.lengths[k, j])
-            rec = {"id": row["id"], "prompt": row["prompt"], "sample": j, "completion": text,
-                   "prompt_tokens": out.prompt_tokens[k], "tokens": out.tokens[k, j, :L].tolist(),
-                   "logprobs": out.logprobs[k, j, :L].tolist(),
-                   "model_logprobs": out.model_logprobs[k, j, :L].tolist(), "length": L,
-                   "stop_reason": str(out.stop_reason[k, j])}
-            if scores is not None:
-                rec["score"] = float(scores[j])
-            records.append(rec)
+    for i, (k, j) in enumerate(pairs):
+        L = int(out.lengths[k, j])
+        rec = {"id": rows[k]["id"], "prompt": rows[k]["prompt"], "sample": j,
+               "completion": out.texts[k][j], "prompt_tokens": out.prompt_tokens[k],
+               "tokens": out.tokens[k, j, :L].tolist(), "logprobs": out.logprobs[k, j, :L].tolist(),
+               "model_logprobs": out.model_logprobs[k, j, :L].tolist(), "length": L,
+               "stop_reason": str(out.stop_reason[k, j])}
+        if scores is not None:
+            rec["score"] = scores[i]
+        records.append(rec)
     return records
 
 
@@ -107,7 +115,9 @@ def grow(prompts, policy, *, out_dir: str, n: int, tokenizer=None, shard_size: i
     """Writes every shard not yet in out_dir; returns the paths of all shards.
 
     policy: a Sampler, a HF checkpoint dir, or (ModelConfig, params) (then pass tokenizer).
-    sampling: Sampler.stream arguments (max_new_tokens, temperature, top_p, ...).
+    batch_size: prompts per compiled batch (batch_size * n rows). score_fn: see ScoreFn.
+    sampling: Sampler.stream arguments (max_new_tokens, temperature, top_p, ...);
+    sampler_kw: Sampler arguments when the sampler is built here (max_len, buckets, ...).
     """
     if not (isinstance(shard_size, int) and shard_size >= 1):
         raise ValueError(f"shard_size must be an int >= 1, got {shard_size!r}")

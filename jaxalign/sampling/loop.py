@@ -11,7 +11,8 @@ has its own budget (max_len - prompt length, capped at max_new; 0 for batch padd
 
 Randomness: row r's key is fold_in(fold_in(key(seed), prompt_id), sample_index), and step t
 draws with fold_in(row key, t): a prompt's completions do not depend on the batch it is in,
-its padding, the batch size or the number of devices.
+its padding, the batch size or the number of devices (its floats only in their last bits, from
+how XLA blocks a matmul for a given shape: see BATCH_INVARIANT_CPU).
 
 Guides (GenARM-style guided decoding, Xu et al. 2024): each is another causal LM run in the same
 compiled step with its own KV cache; its logits join the policy's through its `combine` rule,
@@ -231,9 +232,10 @@ def _decode(params, guide_params, guide_weights, state: State, *, policy: LM,
 
 
 # XLA:CPU's YNNPACK matmuls choose their blocking from the shapes (e.g. how the contraction is
-# split over threads), so a row's logits change in their last bits (~1e-6 relative) with the
-# number of rows; with these options XLA's own kernels run instead and a row's floats do not
-# depend on its batch at all (bit-identical), for slower matmuls.
+# split over threads), so a row's logits move in their last bits (~1e-6 relative) with the
+# number of rows. With these options XLA's own kernels run instead, slower: a row's floats no
+# longer depend on the number of rows or devices (only another padding bucket, which changes the
+# order of the attention's sums over cache slots, still moves them by ~1e-7 relative).
 BATCH_INVARIANT_CPU = (("xla_cpu_experimental_ynn_fusion_type", ""),)
 
 

@@ -90,7 +90,6 @@ class Sampler:
         self.mesh = mesh if mesh is not None else shd.make_mesh(devices=jax.devices()[:1])
         self.dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         self.tokenizer = tokenizer
-        self.encoder = Encoder(tokenizer, chat=chat) if tokenizer is not None else None
         self.vocab_size = vocab_size or (len(tokenizer) if tokenizer is not None
                                          else cfg.vocab_size)
         if self.vocab_size > cfg.vocab_size:
@@ -110,6 +109,11 @@ class Sampler:
         pads = (getattr(tokenizer, "pad_token_id", None), cfg.pad_token_id,
                 *self.stop_ids, 0)
         self.pad_id = next(p for p in pads if p is not None)
+        if tokenizer is not None:  # (the Encoder's eos_id is not used for prompts)
+            eos = tokenizer.eos_token_id
+            self.encoder = Encoder(tokenizer, chat=chat, eos_id=self.pad_id if eos is None else eos)
+        else:
+            self.encoder = None
         self.policy = loop.LM(cfg)
         self.params = self._place(cfg, params)
         for g in guides:
@@ -171,7 +175,8 @@ class Sampler:
           int in [0, 2**32) or its decimal string is used as is, anything else hashed.
         temperature (0: greedy), top_k, top_p, min_p: see selection.Rule. seed: the run's seed.
         stop_ids: default the sampler's. guide_weights: default the guides' own.
-        batch_size: most prompts per compiled batch (default: the sampler's, else all).
+        batch_size: most prompts per compiled batch, of batch_size * n rows (default: the
+          sampler's, else all).
         Every argument is checked here, before the first batch is traced (ValueError).
         """
         settings = loop.Settings(
@@ -208,6 +213,8 @@ class Sampler:
                     raise ValueError(f"prompt {i} is empty")
             prompt_ids = [self.encoder.encode_prompt(p, f"prompt {i}")
                           for i, p in enumerate(prompts)]
+        if len(prompt_ids) == 0:
+            raise ValueError("no prompts")
         out = []
         for i, ids in enumerate(prompt_ids):
             ids = [int(t) for t in ids]
@@ -249,7 +256,11 @@ class Sampler:
 
     def _output(self, batch: Batch, state: loop.State, tokens, n: int) -> SampleOutput:
         k = len(batch.index)
-        get = lambda x: (lambda a: a.reshape((k, n) + a.shape[1:]))(_local_rows(x)[:k * n])
+
+        def get(x):  # [rows * n, ...] -> [k prompts, n, ...], the padding rows dropped
+            rows = _local_rows(x)[:k * n]
+            return rows.reshape((k, n) + rows.shape[1:])
+
         lengths, stopped = get(state.lengths), get(state.stopped)
         out = SampleOutput(tokens=get(state.tokens), lengths=lengths, logprobs=get(state.logprobs),
                            model_logprobs=get(state.model_logprobs),

@@ -18,8 +18,8 @@ WORDS = "the cat dog sat on mat ran fast red blue one two three hello world how 
 SETTINGS = dict(n=2, shard_size=2, batch_size=2, temperature=1.0, top_p=0.9, max_new_tokens=8)
 
 
-def score(prompt, completions):
-    return [len(c) + 0.5 * len(prompt) for c in completions]
+def score(prompts, completions):  # a batch's (prompt, completion) pairs -> one score each
+    return [len(c) + 0.5 * len(p) for p, c in zip(prompts, completions)]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def test_records_cover_every_prompt_and_sample(reference, tokenizer):
         (i, j) for i in [str(k) for k in range(11) if k != 3] + ["custom-3"] for j in (0, 1)}
     for r in records:
         assert r["length"] == len(r["tokens"]) == len(r["logprobs"]) == len(r["model_logprobs"])
-        assert r["score"] == score(r["prompt"], [r["completion"]])[0]
+        assert r["score"] == score([r["prompt"]], [r["completion"]])[0]
         body = r["tokens"][:-1] if r["stop_reason"] == "stop" else r["tokens"]
         assert r["completion"] == tokenizer.decode(body, skip_special_tokens=True)
         assert r["prompt_tokens"] == tokenizer(r["prompt"])["input_ids"]
@@ -61,9 +61,9 @@ def test_killed_run_restarts_to_the_same_records(reference, prompts_file, llama_
         import sys, time
         sys.path.insert(0, {os.getcwd()!r})
         from jaxalign.algorithms.grow import grow
-        def slow(prompt, completions):
-            time.sleep(0.4)  # so the run is still going when it is killed
-            return [len(c) + 0.5 * len(prompt) for c in completions]
+        def slow(prompts, completions):
+            time.sleep(0.8)  # so the run is still going when it is killed
+            return [len(c) + 0.5 * len(p) for p, c in zip(prompts, completions)]
         grow({prompts_file!r}, {llama_dir!r}, out_dir={out!r}, score_fn=slow, progress=False,
              **{SETTINGS!r})
     """)

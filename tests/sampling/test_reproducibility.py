@@ -97,3 +97,16 @@ def test_guide_with_weight_zero_reproduces_unguided_sampling(batch32, llama):
     moved = guided(prompt_ids=prompts(), guide_weights=[2.0], **SETTINGS)
     assert dict(loop.TRACES) == traces
     assert (moved.tokens != want.tokens).any(axis=-1).mean() > 0.5
+
+
+def test_weights_sharded_over_fsdp_and_model(batch32, llama):
+    """Tensor-parallel and FSDP weights (2 x 2 x 2 mesh): the same samples as one device."""
+    _, full = batch32("default")
+    cfg, params = llama
+    mesh = make_mesh(data=2, fsdp=2, model=2)
+    sharded = Sampler(cfg, params, stop_ids=(), mesh=mesh)
+    q = sharded.params["layers"][0]["attn"]["q"]["kernel"]
+    assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "model")
+    out = sharded(prompt_ids=prompts()[:8], **SETTINGS)
+    for i in range(8):
+        assert_same("default", out, full, i, i)
