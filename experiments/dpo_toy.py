@@ -25,7 +25,10 @@ def get_config(arg: str = ""):
         max_length=32, max_prompt_length=16, truncation_mode="keep_end", batch_size=16,
         on_error="raise"))
     c.loss = ml_collections.ConfigDict(dict(name="dpo.sigmoid", kwargs=dict(beta=0.1)))
-    c.reference = "on_the_fly"
+    c.reference = "on_the_fly"  # or "precomputed"; "none" for reference-free losses
+    # LoRA (jaxalign.train.lora): rank 0 is a full fine-tune. A section rather than None so
+    # that `--config.lora.rank=8 --config.lora.targets=q,v` overrides work on the command line.
+    c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets=("q", "k", "v")))
     c.lean_logprobs = False
     c.optim = ml_collections.ConfigDict(dict(
         optimizer="adamw", lr=3e-3, warmup_steps=5, decay="linear",

@@ -6,7 +6,12 @@ Config sections (see experiments/dpo_toy.py for a complete one):
   data:      train / eval JSONL or Parquet paths (or toy=True), max_length, max_prompt_length,
              truncation_mode, batch_size, on_error
   loss:      name (a registry name) and kwargs
-  reference: "on_the_fly" or "precomputed"
+  reference: "on_the_fly", "precomputed", or "none" (reference-free losses: genarm.arm,
+             dpo.simpo, dpo.orpo, dpo.reference_free; no reference forward pass at all)
+  lora:      rank, alpha, targets (jaxalign.train.lora); rank 0 (or no section) is a full
+             fine-tune. With LoRA the train state holds only the adapters (small checkpoints
+             and optimizer state), the reference is the frozen base itself (no copy) and
+             `export_hf` writes the merged weights.
   optim, loop, mesh: see jaxalign.train
 """
 
@@ -18,6 +23,7 @@ import os
 import jax
 import numpy as np
 
+from jaxalign import losses
 from jaxalign.algorithms.dpo import (precompute_reference_logps, preference_objective,
                                      with_reference_logps)
 from jaxalign.data import BatchIterator, load_dataset
@@ -25,7 +31,9 @@ from jaxalign.data import toy
 from jaxalign.models import init_params
 from jaxalign.models.hf import load_hf, save_hf
 from jaxalign.models.presets import preset
+from jaxalign.models.transformer import param_logical_axes
 from jaxalign.sharding import make_mesh
+from jaxalign.train import lora
 from jaxalign.train.memory import estimate_training_memory
 from jaxalign.train.optim import make_optimizer
 from jaxalign.train.trainer import LoopConfig, place_params, train
@@ -84,8 +92,50 @@ def data_paths(config) -> tuple[str, str]:
     return d.train, d.eval
 
 
+REFERENCES = ("on_the_fly", "precomputed", "none")
+
+
+def lora_config(config) -> lora.LoraConfig | None:
+    """The `lora` section as a LoraConfig; None (full fine-tune) when absent, None or rank 0."""
+    section = config.get("lora")
+    if section is None or section.get("rank", 0) == 0:
+        return None
+    known = {f.name for f in dataclasses.fields(lora.LoraConfig)}
+    if set(section.keys()) - known:
+        raise ValueError(f"config.lora: unknown keys {sorted(set(section.keys()) - known)}; "
+                         f"known: {sorted(known)}")
+    return lora.LoraConfig(**{k: tuple(v) if k == "targets" else v for k, v in section.items()})
+
+
+def check_reference(config) -> None:
+    """Host-side check of `config.reference`: "none" only with a loss that needs no reference."""
+    if config.reference not in REFERENCES:
+        raise ValueError(f"config.reference: expected one of {REFERENCES}, got "
+                         f"{config.reference!r}")
+    if config.reference != "none":
+        return
+    z = jax.ShapeDtypeStruct((1,), np.float32)
+    try:  # the loss's own required-input check, run on shapes: no hard-coded list of names
+        jax.eval_shape(lambda l_w, l_l, n_w, n_l: losses.get_loss(config.loss.name)(
+            policy_chosen_logps=l_w, policy_rejected_logps=l_l, chosen_lengths=n_w,
+            rejected_lengths=n_l, **dict(config.loss.kwargs)), z, z, z, z)
+    except ValueError as e:
+        if "ref_" not in str(e):
+            raise
+        raise ValueError(f"config.reference='none' but loss {config.loss.name!r} needs a "
+                         f"reference ({str(e).rstrip('.')}); use on_the_fly/precomputed, or a "
+                         f"reference-free loss (genarm.arm, dpo.simpo, dpo.orpo, "
+                         f"dpo.reference_free)") from None
+
+
 def build(config):
-    """Everything `train` needs, plus the tokenizer and datasets for evaluation."""
+    """Everything `train` needs, plus the tokenizer and datasets for evaluation.
+
+    `train_params` / `logical_axes` are what the trainer optimises: the model's params, or the
+    LoRA adapters (`lora` the LoraConfig, else None) with the base `params` frozen.
+    """
+    check_reference(config)
+    lcfg = lora_config(config)
     mesh = make_mesh(**config.mesh)
     tokenizer = load_tokenizer(config.tokenizer)
     cfg, params = load_model(config.model, config.seed, mesh)
@@ -98,48 +148,79 @@ def build(config):
               truncation_mode=d.truncation_mode, on_error=d.on_error)
     train_ds, _ = load_dataset("preference", train_path, tokenizer, **kw)
     eval_ds, _ = load_dataset("preference", eval_path, tokenizer, **kw)
-    ref_params = jax.tree.map(lambda x: x.copy(), params)
+    # The trainer donates its state: a full fine-tune's reference must be a copy. With LoRA
+    # the state holds only the adapters and the base, never updated, is the reference.
+    if config.reference == "none":
+        ref_params = None
+    else:
+        ref_params = params if lcfg else jax.tree.map(lambda x: x.copy(), params)
     train_it = Mapped(BatchIterator(train_ds, batch_size=d.batch_size, seed=config.seed),
                       with_weight)
     eval_batches = [with_weight(b) for b in BatchIterator(
         eval_ds, batch_size=d.batch_size, shuffle=False, num_epochs=1)]
-    objective_ref = ref_params
+    objective_ref = ref_params if config.reference == "on_the_fly" else None
     if config.reference == "precomputed":
         table_batches = (with_weight(b) for b in BatchIterator(
             train_ds, batch_size=d.batch_size, shuffle=False, num_epochs=1))
         table = precompute_reference_logps(
             cfg, ref_params, table_batches, os.path.join(config.workdir, "ref_logps.npz"))
         train_it = Mapped(train_it, lambda b: with_reference_logps(b, table))
-        objective_ref = None
-    elif config.reference != "on_the_fly":
-        raise ValueError(f"config.reference: expected on_the_fly/precomputed, got "
-                         f"{config.reference!r}")
     objective = preference_objective(cfg, loss=config.loss.name,
                                      loss_kwargs=dict(config.loss.kwargs),
                                      ref_params=objective_ref,
                                      lean_logprobs=config.get("lean_logprobs", False))
+    train_params, logical_axes = params, None
+    if lcfg:
+        objective = lora.lora_objective(objective, params, lcfg)
+        train_params = jax.jit(lora.init_lora, static_argnums=1)(
+            params, lcfg, jax.random.fold_in(jax.random.key(config.seed), 1))
+        logical_axes = lora.lora_logical_axes(cfg, train_params)
+        print(f"LoRA {lcfg}: {lora.param_count(train_params):,} trainable parameters",
+              flush=True)
     return dict(mesh=mesh, tokenizer=tokenizer, cfg=cfg, params=params, ref_params=ref_params,
                 train_it=train_it, eval_batches=eval_batches, objective=objective,
-                eval_ds=eval_ds)
+                eval_ds=eval_ds, lora=lcfg, train_params=train_params, logical_axes=logical_axes)
+
+
+def policy_params(built: dict, state):
+    """The trained policy's full params: the state's, or the base with the adapters merged."""
+    if built["lora"] is None:
+        return state.params
+    return jax.jit(lora.merge, static_argnums=2)(built["params"], state.params, built["lora"])
+
+
+def memory_estimate(config, cfg, optimizer, mesh, *, params=None, adapters=None):
+    """Per-device estimate of a full fine-tune, or with `adapters` of LoRA on `params`."""
+    accumulate = config.loop.micro_batches > 1
+    est = estimate_training_memory(
+        cfg, optimizer, mesh=mesh, micro_batch=config.data.batch_size //
+        config.loop.micro_batches, seq_len=config.data.max_length,
+        reference_on_the_fly=config.reference == "on_the_fly",
+        lean_logprobs=config.get("lean_logprobs", False), accumulate=accumulate)
+    if adapters is None:
+        return est
+    return lora.memory_estimate(est, params=params, param_axes=param_logical_axes(cfg),
+                                adapters=adapters, optimizer=optimizer, mesh=mesh,
+                                accumulate=accumulate)
 
 
 def run(config):
-    """Trains (resuming if the workdir has checkpoints) and returns (model cfg, final state)."""
+    """Trains (resuming if the workdir has checkpoints) and returns (built, final state).
+
+    With LoRA the state's params are the adapters; `policy_params(built, state)` merges them.
+    """
     b = build(config)
     optimizer, _ = make_optimizer(**config.optim)
-    est = estimate_training_memory(
-        b["cfg"], optimizer, mesh=b["mesh"], micro_batch=config.data.batch_size //
-        config.loop.micro_batches, seq_len=config.data.max_length,
-        reference_on_the_fly=config.reference == "on_the_fly",
-        lean_logprobs=config.get("lean_logprobs", False),
-        accumulate=config.loop.micro_batches > 1)
+    est = memory_estimate(config, b["cfg"], optimizer, b["mesh"], params=b["params"],
+                          adapters=b["train_params"] if b["lora"] else None)
     print(f"memory per device (estimate):\n{est.table()}", flush=True)
     loop = LoopConfig(workdir=config.workdir, seed=config.seed, **config.loop)
-    state = train(loop, objective=b["objective"], optimizer=optimizer, params=b["params"],
+    state = train(loop, objective=b["objective"], optimizer=optimizer, params=b["train_params"],
                   model_cfg=b["cfg"], train_iter=b["train_it"], eval_batches=b["eval_batches"],
-                  mesh=b["mesh"], meta={"config": config.to_json_best_effort()})
+                  mesh=b["mesh"], meta={"config": config.to_json_best_effort()},
+                  logical_axes=b["logical_axes"])
     if config.get("export_hf"):
-        save_hf(os.path.join(config.workdir, "hf_export"), b["cfg"], state.params)
+        save_hf(os.path.join(config.workdir, "hf_export"), b["cfg"], policy_params(b, state))
     return b, state
 
 
@@ -161,38 +242,45 @@ def dry_run(config) -> dict:
         cfg = config_from_hf(read_hf_config(mc.hf_path), **overrides)
     else:
         cfg = preset(mc.preset, **overrides)
+        if mc.get("vocab_size"):
+            cfg = cfg.replace(vocab_size=mc.vocab_size)
+    check_reference(config)
+    lcfg = lora_config(config)
     optimizer, _ = make_optimizer(**config.optim)
     params = param_shapes(cfg)
-    state = jax.eval_shape(lambda p: init_state(p, optimizer), params)
+    adapters = (jax.eval_shape(lambda k: lora.init_lora(params, lcfg, k), jax.random.key(0))
+                if lcfg else None)
+    state = jax.eval_shape(lambda p: init_state(p, optimizer),
+                           params if adapters is None else adapters)
     B, T = config.data.batch_size, config.data.max_length
     sds = jax.ShapeDtypeStruct
     batch = {f"{side}_{k}": sds((B, T), dt) for side in ("chosen", "rejected")
              for k, dt in (("tokens", np.int32), ("mask", bool), ("loss_mask", bool))}
     batch["weight"] = sds((B,), np.float32)
     on_the_fly = config.reference == "on_the_fly"
-    if not on_the_fly:
+    if config.reference == "precomputed":
         batch.update(ref_chosen_logps=sds((B,), np.float32),
                      ref_rejected_logps=sds((B,), np.float32))
 
-    def step(state, batch, rng, ref):
+    def step(state, batch, rng, base):
         objective = preference_objective(cfg, loss=config.loss.name,
                                          loss_kwargs=dict(config.loss.kwargs),
-                                         ref_params=ref if on_the_fly else None,
+                                         ref_params=base if on_the_fly else None,
                                          lean_logprobs=config.get("lean_logprobs", False))
+        if lcfg:
+            objective = lora.lora_objective(objective, base, lcfg)
         return make_train_step(objective, optimizer, config.loop.micro_batches)(state, batch, rng)
 
     new_state, metrics = jax.eval_shape(step, state, batch, jax.random.key(0), params)
     if jax.tree.structure(new_state) != jax.tree.structure(state):
         raise AssertionError("train step changes the state's structure")
-    report = {"model": cfg, "metrics": sorted(metrics), "estimates": {}}
+    report = {"model": cfg, "metrics": sorted(metrics), "estimates": {}, "lora": lcfg,
+              "trainable": lora.param_count(state.params)}
     for name, m in config.dry_run_meshes.items():
         m = dict(m)
         hbm = m.pop("hbm_gib", None)
-        est = estimate_training_memory(
-            cfg, optimizer, mesh=abstract_mesh(**m), micro_batch=B // config.loop.micro_batches,
-            seq_len=T, reference_on_the_fly=on_the_fly,
-            lean_logprobs=config.get("lean_logprobs", False),
-            accumulate=config.loop.micro_batches > 1)
+        est = memory_estimate(config, cfg, optimizer, abstract_mesh(**m), params=params,
+                              adapters=adapters)
         report["estimates"][name] = est
         print(f"{name} {m}:\n{est.table(int(hbm * 2**30) if hbm else None)}", flush=True)
     return report

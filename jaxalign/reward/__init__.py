@@ -1,5 +1,6 @@
 """Reward models, preference models and judges (they use `models/`; `algorithms/` uses them).
 
+arm.py         GenARM's autoregressive reward model (a causal LM; token log-probs as rewards)
 model.py       the scalar reward model: decoder + `score` head at the last real token
 hf.py          HF `*ForSequenceClassification` import/export (Llama, Mistral, Qwen2, GPT-2)
 train.py       Bradley-Terry loss and objective for the shared train step; held-out accuracy
@@ -11,6 +12,7 @@ preference.py  SPPO preference matrices: Bradley-Terry from scores, order-averag
 judges.py      the Judge interface, MixtureOfJudges, RegexAnswerJudge, LLMJudge (CGPO)
 """
 
+from jaxalign.reward.arm import ARM, arm_rewards, arm_token_rewards
 from jaxalign.reward.batched import BatchedForward
 from jaxalign.reward.hf import load_reward_hf, save_reward_hf
 from jaxalign.reward.judges import (Judge, JudgeError, LLMJudge, MixtureOfJudges,
@@ -25,7 +27,7 @@ from jaxalign.reward.scoring import (RewardScorer, calibrated, make_score_fn, pe
 from jaxalign.reward.train import bradley_terry_loss, bradley_terry_objective, pairwise_accuracy
 
 __all__ = [
-    "BatchedForward", "Judge", "JudgeError", "LLMJudge", "MixtureOfJudges", "MixtureVerdicts",
+    "ARM", "BatchedForward", "arm_rewards", "arm_token_rewards", "Judge", "JudgeError", "LLMJudge", "MixtureOfJudges", "MixtureVerdicts",
     "PairwiseJudge", "RegexAnswerJudge", "RewardScorer", "ScorePreferenceModel", "TokenProbe",
     "Verdicts", "backbone_config", "bradley_terry_loss", "bradley_terry_objective",
     "bt_preference_matrix", "calibrated", "check_verdicts", "init_reward_params",

@@ -17,8 +17,10 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints and metrics go")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "build shapes and size memory; run nothing")
 
-RUNNERS = {"dpo": run_dpo.run}
-DRY_RUNS = {"dpo": run_dpo.dry_run}
+# "arm": GenARM's autoregressive reward model, trained on preference pairs by the same runner
+# (loss genarm.arm, reference "none"; see jaxalign/reward/arm.py).
+RUNNERS = {"dpo": run_dpo.run, "arm": run_dpo.run}
+DRY_RUNS = {"dpo": run_dpo.dry_run, "arm": run_dpo.dry_run}
 
 
 def main(argv):
@@ -30,6 +32,9 @@ def main(argv):
             config.workdir = _WORKDIR.value
     if config.algorithm not in RUNNERS:
         raise app.UsageError(f"config.algorithm {config.algorithm!r}: known {sorted(RUNNERS)}")
+    if config.algorithm == "arm" and config.loss.name != "genarm.arm":
+        raise app.UsageError(f"config.algorithm 'arm' trains with loss genarm.arm, not "
+                             f"{config.loss.name!r}")
     if _DRY_RUN.value:
         DRY_RUNS[config.algorithm](config)
     else:
