@@ -1,18 +1,18 @@
 """Sampling: the compiled decode loop and token-selection rules.
 
 selection.py  token selection as pure functions of logits (greedy, temperature, top-k/p, min-p)
-loop.py       the jitted prefill + while_loop of one-token steps (state, settings, guides)
+loop.py       the jitted prefill + while_loop of one-token steps (state, settings, GenARM guides)
 prompts.py    host-side bucketed, left-padded prompt batches
 sampler.py    `Sampler`: text or token ids in, completions and log-probs out, on a mesh
 output.py     `SampleOutput`: the numpy arrays (and texts) a Sampler returns
 """
 
-from jaxalign.sampling.loop import LM, Guide, Settings, State, decode, prefill, weighted_sum
+from jaxalign.sampling.loop import LM, Settings, State, decode, prefill
 from jaxalign.sampling.output import SampleOutput
 from jaxalign.sampling.sampler import GuideModel, Sampler, stop_ids_from_checkpoint
-from jaxalign.sampling.selection import Rule, choose
+from jaxalign.sampling.selection import GUIDE_CONVENTIONS, Rule, choose, guided_logits
 
 __all__ = [
-    "LM", "Guide", "GuideModel", "Rule", "SampleOutput", "Sampler", "Settings", "State",
-    "choose", "decode", "prefill", "stop_ids_from_checkpoint", "weighted_sum",
+    "GUIDE_CONVENTIONS", "LM", "GuideModel", "Rule", "SampleOutput", "Sampler", "Settings",
+    "State", "choose", "decode", "guided_logits", "prefill", "stop_ids_from_checkpoint",
 ]

@@ -1,8 +1,8 @@
 """The compiled sampling loop: one prefill over the prompts, then a `while_loop` of 1-token steps.
 
-    state = prefill(params, guide_params, guide_weights, tokens_BxP, mask_BxP, ids_B, budget_B,
-                    seed, policy=LM(cfg), guides=(), settings=settings)
-    state = decode(params, guide_params, guide_weights, state, ...)  # donates `state`
+    state = prefill(params, guide_params, alphas_G, tokens_BxP, mask_BxP, ids_B, budget_B, seed,
+                    policy=LM(cfg), guides=(LM(arm_cfg),), settings=settings)
+    state = decode(params, guide_params, alphas_G, state, ...)  # donates `state`
 
 Rows: each of the B prompts is prefilled once; its KV cache is then repeated for its n samples,
 so row r = b * n + j is sample j of prompt b (R = B * n rows). The cache has P + max_new - 1
@@ -14,11 +14,25 @@ draws with fold_in(row key, t): a prompt's completions do not depend on the batc
 its padding, the batch size or the number of devices (its floats only in their last bits, from
 how XLA blocks a matmul for a given shape: see BATCH_INVARIANT_CPU).
 
-Guides (GenARM-style guided decoding, Xu et al. 2024): each is another causal LM run in the same
-compiled step with its own KV cache; its logits join the policy's through its `combine` rule,
-`z = combine(z, z_guide, weight)`, before temperature and filters. The default rule gives
-`z_base + sum_i alpha_i * z_arm_i` (GenARM eq. for pi_base * pi_arm^alpha); weights are runtime
-arrays, so sweeping alpha does not recompile.
+Guides (GenARM guided decoding, Xu et al. 2024): each guide is another causal LM, an
+autoregressive reward model (ARM) pi_r_i, run in the same compiled step with its own KV cache.
+Per token the policy's logits z_base are steered (selection.guided_logits), then temperature T
+and the filters apply as usual. `Settings.guide_convention` picks the scale:
+
+  "paper" (default):  z = z_base + sum_i alpha_i * log_softmax(z_arm_i)
+                      i.e. (pi_base * prod_i pi_r_i^alpha_i)^(1/T), normalised per token.
+  "official":         z = (z_base + sum_i alpha_i * log_softmax(z_arm_i)) / (1 + sum_i alpha_i)
+                      as the official GenARM scripts compute it. They also pass temperature
+                      T / (1 + alpha), which makes it the paper's distribution; with the
+                      user's T unchanged it is the flatter geometric mean
+                      (pi_base * prod_i pi_r_i^alpha_i)^(1 / (T (1 + sum_i alpha_i))).
+
+The alphas are a runtime array [G] (sweeping them does not recompile); z_base stays
+un-normalised and a guide with alpha_i == 0 adds exactly 0, so alpha = 0 reproduces unguided
+sampling bit for bit. State.guide_logprobs records log pi_r_i(y_t | x, y_<t) of each chosen token
+(the log-softmax over the vocabulary the models share): summed over t it is GenARM's r_i(x, y).
+Guides share the policy's tokenizer; without `Settings.crop_vocab` every model has the policy's
+vocabulary size V, with it every model's logits are cut to the first `vocab_size` ids.
 """
 
 from __future__ import annotations
@@ -26,7 +40,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-from typing import Callable
 
 import flax.struct
 import jax
@@ -78,19 +91,6 @@ class LM:
         return logits_Bx1xV[:, 0], cache
 
 
-def weighted_sum(z_BxV, z_guide_BxV, weight):
-    """GenARM's combination: z_base + alpha * z_arm (Xu et al. 2024, guided decoding)."""
-    return z_BxV + weight * z_guide_BxV
-
-
-@dataclasses.dataclass(frozen=True)
-class Guide:
-    """An extra model in the decode step; its params and weight are runtime arguments."""
-
-    lm: LM
-    combine: Callable = weighted_sum  # (z [B, V], z_guide [B, V], weight []) -> z
-
-
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Static settings of one compiled loop (hashable). Shapes come from the arrays."""
@@ -101,6 +101,14 @@ class Settings:
     pad_id: int
     vocab_size: int  # the tokenizer's: larger ids (padded embedding rows) are never chosen
     n: int = 1  # samples per prompt
+    guide_convention: str = "paper"  # a key of selection.GUIDE_CONVENTIONS (see above)
+    crop_vocab: bool = False  # every model's logits cut to [:vocab_size] (guides' V may differ)
+
+    def __post_init__(self):
+        if self.guide_convention not in selection.GUIDE_CONVENTIONS:
+            names = sorted(selection.GUIDE_CONVENTIONS)
+            raise ValueError(f"guide_convention must be one of {names}, "
+                             f"got {self.guide_convention!r}")
 
 
 @flax.struct.dataclass
@@ -109,6 +117,7 @@ class State:
     tokens: jax.Array  # [R, N] int32: generated tokens, pad_id after a row ends
     logprobs: jax.Array  # [R, N] float32: under the sampling distribution (0 after the end)
     model_logprobs: jax.Array  # [R, N] float32: under the unmodified policy
+    guide_logprobs: jax.Array  # [R, G, N] float32: log pi_r_i of the token under guide i
     lengths: jax.Array  # [R] int32: tokens generated, the stop token included
     done: jax.Array  # [R] bool
     stopped: jax.Array  # [R] bool: ended on a stop id (else: budget or cache exhausted)
@@ -118,26 +127,24 @@ class State:
     caches: tuple  # KVCache of the policy, then of each guide
 
 
-def _fit_vocab(z_BxV, V: int):
-    """A guide's logits on the policy's vocabulary (ids past the tokenizer are masked later)."""
-    if z_BxV.shape[-1] >= V:
-        return z_BxV[:, :V]
-    return jnp.pad(z_BxV, ((0, 0), (0, V - z_BxV.shape[-1])))
-
-
-def _select(state: State, z_policy_BxV, z_guides, weights_G, guides, settings: Settings):
-    """Combine the logits, choose a token per row, record it: the step shared by both phases."""
-    z_BxV = z_policy_BxV
-    for i, (guide, z_g) in enumerate(zip(guides, z_guides)):
-        z_BxV = guide.combine(z_BxV, _fit_vocab(z_g, z_BxV.shape[-1]), weights_G[i])
+def _select(state: State, z_policy_BxV, z_guides, alphas_G, settings: Settings):
+    """Steer the logits, choose a token per row, record it: the step shared by both phases."""
+    V = settings.vocab_size if settings.crop_vocab else z_policy_BxV.shape[-1]
+    guide_lps = tuple(jax.nn.log_softmax(z[:, :V], axis=-1) for z in z_guides)
+    z_BxV = selection.guided_logits(z_policy_BxV[:, :V], guide_lps, alphas_G,
+                                    settings.guide_convention)
     z_BxV = selection.mask_vocab(z_BxV, settings.vocab_size)
     step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.keys, state.step)
     tok_R, lp_R = selection.choose(step_keys, z_BxV, settings.rule)
-    model_lp_R = selection.token_logprob(z_policy_BxV, tok_R)
+    model_lp_R = selection.token_logprob(z_policy_BxV, tok_R)  # the uncropped policy
+    take = lambda lp_BxV: jnp.take_along_axis(lp_BxV, tok_R[:, None], axis=-1)[:, 0]
+    guide_lp_RxG = (jnp.stack([take(lp) for lp in guide_lps], axis=1) if guide_lps
+                    else jnp.zeros((tok_R.shape[0], 0), jnp.float32))
 
     live_R = ~state.done
     tok_R = jnp.where(live_R, tok_R, settings.pad_id).astype(jnp.int32)
-    put = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None], (0, state.step))
+    put = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[..., None],
+                                                      (0,) * x.ndim + (state.step,))
     lengths_R = state.lengths + live_R
     hit_R = live_R & jnp.isin(tok_R, jnp.asarray(settings.stop_ids, jnp.int32))
     return state.replace(
@@ -145,6 +152,7 @@ def _select(state: State, z_policy_BxV, z_guides, weights_G, guides, settings: S
         tokens=put(state.tokens, tok_R),
         logprobs=put(state.logprobs, jnp.where(live_R, lp_R, 0.0)),
         model_logprobs=put(state.model_logprobs, jnp.where(live_R, model_lp_R, 0.0)),
+        guide_logprobs=put(state.guide_logprobs, jnp.where(live_R[:, None], guide_lp_RxG, 0.0)),
         lengths=lengths_R,
         stopped=state.stopped | hit_R,
         done=state.done | hit_R | (lengths_R >= state.budget))
@@ -168,8 +176,8 @@ def _constrain(state: State, mesh: Mesh | None) -> State:
     return state.replace(caches=caches, **rows)
 
 
-def _prefill(params, guide_params, guide_weights, tokens_BxP, mask_BxP, prompt_ids_B, budget_B,
-            seed, *, policy: LM, guides: tuple[Guide, ...], settings: Settings,
+def _prefill(params, guide_params, alphas_G, tokens_BxP, mask_BxP, prompt_ids_B, budget_B,
+            seed, *, policy: LM, guides: tuple[LM, ...], settings: Settings,
             mesh: Mesh | None = None) -> State:
     """Runs every model over the left-padded prompts and chooses each row's first token."""
     TRACES["prefill"] += 1
@@ -178,7 +186,7 @@ def _prefill(params, guide_params, guide_weights, tokens_BxP, mask_BxP, prompt_i
     S = P + N - 1  # the last token chosen is never fed back
     positions_BxP = positions_from_mask(mask_BxP)
     logits, caches = [], []
-    for lm, p in zip((policy,) + tuple(g.lm for g in guides), (params,) + tuple(guide_params)):
+    for lm, p in zip((policy,) + guides, (params,) + tuple(guide_params)):
         z_BxV, cache = lm(p, tokens_BxP, positions_BxP, mask_BxP, lm.init_cache(B, S))
         logits.append(_rows(z_BxV, n))
         caches.append(cache.replace(k=_rows(cache.k, n, 1), v=_rows(cache.v, n, 1),
@@ -195,6 +203,7 @@ def _prefill(params, guide_params, guide_weights, tokens_BxP, mask_BxP, prompt_i
         tokens=jnp.full((R, N), settings.pad_id, jnp.int32),
         logprobs=jnp.zeros((R, N), jnp.float32),
         model_logprobs=jnp.zeros((R, N), jnp.float32),
+        guide_logprobs=jnp.zeros((R, len(guides), N), jnp.float32),
         lengths=jnp.zeros((R,), jnp.int32),
         done=budget_R <= 0,
         stopped=jnp.zeros((R,), bool),
@@ -202,14 +211,14 @@ def _prefill(params, guide_params, guide_weights, tokens_BxP, mask_BxP, prompt_i
         prompt_lengths=_rows(mask_BxP.sum(-1, dtype=jnp.int32), n),
         keys=keys_R,
         caches=tuple(caches))
-    return _constrain(_select(state, logits[0], logits[1:], guide_weights, guides, settings), mesh)
+    return _constrain(_select(state, logits[0], logits[1:], alphas_G, settings), mesh)
 
 
-def _decode(params, guide_params, guide_weights, state: State, *, policy: LM,
-           guides: tuple[Guide, ...], settings: Settings) -> State:
+def _decode(params, guide_params, alphas_G, state: State, *, policy: LM,
+           guides: tuple[LM, ...], settings: Settings) -> State:
     """One-token steps until every row is done or the cache is full."""
     TRACES["decode"] += 1
-    lms = (policy,) + tuple(g.lm for g in guides)
+    lms = (policy,) + guides
     all_params = (params,) + tuple(guide_params)
 
     def cond(state: State):
@@ -226,7 +235,7 @@ def _decode(params, guide_params, guide_weights, state: State, *, policy: LM,
             logits.append(z_BxV)
             caches.append(cache)
         state = state.replace(caches=tuple(caches))
-        return _select(state, logits[0], logits[1:], guide_weights, guides, settings)
+        return _select(state, logits[0], logits[1:], alphas_G, settings)
 
     return jax.lax.while_loop(cond, body, state)
 

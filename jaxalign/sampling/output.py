@@ -10,12 +10,15 @@ import numpy as np
 
 @dataclasses.dataclass
 class SampleOutput:
-    """Completions of P prompts, n samples each; N = max_new_tokens."""
+    """Completions of P prompts, n samples each; N = max_new_tokens; G guides (0: unguided)."""
 
     tokens: np.ndarray  # [P, n, N] int32, pad_id after each completion's end
     lengths: np.ndarray  # [P, n] int32, the stop token included
     logprobs: np.ndarray  # [P, n, N] float32 under the sampling distribution, 0 after the end
     model_logprobs: np.ndarray  # [P, n, N] float32 under the unmodified policy
+    # [P, n, G, N] float32: log pi_r_i(y_t | x, y_<t) of each token under guide i, normalised
+    # over the vocabulary the models share; 0 after the end. [P, n, 0, N] without guides.
+    guide_logprobs: np.ndarray
     stop_reason: np.ndarray  # [P, n] "stop" (ended on a stop id) or "length" (budget / cache)
     texts: list[list[str]] | None  # decoded without the stop token; None without a tokenizer
     prompt_tokens: list[list[int]]
@@ -24,6 +27,10 @@ class SampleOutput:
     def num_tokens(self) -> int:
         return int(self.lengths.sum())
 
+    def guide_rewards(self) -> np.ndarray:
+        """[P, n, G] float32: each guide's GenARM reward r_i(x, y) = sum_t log pi_r_i(y_t | .)."""
+        return self.guide_logprobs.sum(-1)
+
     @staticmethod
     def merge(parts: Sequence[tuple[np.ndarray, "SampleOutput"]], count: int) -> "SampleOutput":
         """One output for `count` prompts from (prompt indices, output) parts."""
@@ -31,7 +38,8 @@ class SampleOutput:
             raise ValueError("no prompts")
         first = parts[0][1]
         arrays = {}
-        for name in ("tokens", "lengths", "logprobs", "model_logprobs", "stop_reason"):
+        for name in ("tokens", "lengths", "logprobs", "model_logprobs", "guide_logprobs",
+                     "stop_reason"):
             x = getattr(first, name)
             arrays[name] = np.empty((count,) + x.shape[1:], x.dtype)
             for index, part in parts:

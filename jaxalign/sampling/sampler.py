@@ -4,6 +4,11 @@
     out = sampler(["Tell me a joke."], n=4, temperature=0.7, top_p=0.9, max_new_tokens=256)
     out.texts[0][3], out.tokens[0, 3, :out.lengths[0, 3]], out.model_logprobs[0, 3]
 
+GenARM guided decoding (loop.py): autoregressive reward models steer the policy per token,
+    sampler = Sampler(cfg, params, tokenizer, guides=[GuideModel(arm_cfg, arm_params, weight=2.0)])
+    out = sampler(prompts, guide_weights=[1.0])   # alphas at call time: no recompilation
+    out.guide_rewards()[p, j, 0]                  # r(x, y) = sum_t log pi_r(y_t | x, y_<t)
+
 Host side, before anything is traced: tokenize (jaxalign.data's Encoder: chat templates, BOS),
 validate every argument (ValueError), sort the prompts by length (a prompt's completions do not
 depend on its batch, so batching by length only saves padding), cut them into batches whose
@@ -23,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -53,12 +58,17 @@ def stop_ids_from_checkpoint(directory: str) -> tuple[int, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class GuideModel:
-    """A guide for `Sampler(guides=...)`: a causal LM sharing the tokenizer, and its weight."""
+    """A guide for `Sampler(guides=...)`: a causal LM (GenARM's ARM, any family and size) that
+    shares the policy's tokenizer, and its alpha (the default of `guide_weights`).
+
+    tokenizer: optional; when the Sampler has one too, the two must agree on every id they
+    share (checked at construction: weak-to-strong guidance needs the same token ids).
+    """
 
     model: Transformer | ModelConfig
     params: Any
     weight: float = 1.0
-    combine: Callable = loop.weighted_sum
+    tokenizer: Any = None
 
 
 def _cfg(model) -> ModelConfig:
@@ -73,18 +83,57 @@ def _local_rows(x: jax.Array) -> np.ndarray:
     return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)])
 
 
+def _check_same_tokens(tokenizer, other, i: int) -> None:
+    """Guide i's tokenizer maps every id both have to the same token as the policy's."""
+    ids = list(range(min(len(tokenizer), len(other))))
+    for t, a, b in zip(ids, tokenizer.convert_ids_to_tokens(ids),
+                       other.convert_ids_to_tokens(ids)):
+        if a != b:
+            raise ValueError(f"guide {i}'s tokenizer maps id {t} to {b!r}, the policy's to "
+                             f"{a!r}: guides must share the policy's tokenizer")
+
+
 class Sampler:
-    """Samples completions from a jaxalign Transformer (optionally guided by other LMs)."""
+    """Samples completions from a jaxalign Transformer, optionally guided by ARMs (GenARM)."""
 
     def __init__(self, model: Transformer | ModelConfig, params, tokenizer=None, *, mesh=None,
                  max_len: int | None = None, buckets: Sequence[int] | None = None,
                  batch_size: int | None = None, stop_ids: Sequence[int] | int | None = None,
-                 guides: Sequence[GuideModel] = (), vocab_size: int | None = None,
+                 guides: Sequence[GuideModel] = (), guide_convention: str = "paper",
+                 crop_vocab: bool = False, vocab_size: int | None = None,
                  chat: bool | None = None, batch_invariant: bool = False):
-        """batch_invariant: compile so that a row's floats do not depend on its batch at all
-        (`loop.BATCH_INVARIANT_CPU`; on CPU only). Without it, tokens are the same whatever the
-        batch but log-probs may differ in their last bits (see loop.py)."""
+        """guides: GenARM's autoregressive reward models, each run with its own KV cache in the
+          same compiled step; per token the policy's logits become
+          z_base + sum_i alpha_i log_softmax(z_arm_i), then temperature and filters (alphas:
+          `guide_weights` at call time, default the guides' `weight`).
+        guide_convention: "paper" (default: that sum, i.e. (pi_base * prod pi_r^alpha)^(1/T)) or
+          "official" (the official GenARM scripts: the sum divided by 1 + sum_i alpha_i before
+          temperature; they also pass T / (1 + alpha), giving the paper's distribution, while
+          with T unchanged it is a flatter, geometric-mean one). See loop.py.
+        crop_vocab: guides must have the policy's `vocab_size` (else ValueError); with True they
+          may differ (same tokenizer, e.g. 32000 vs 32001 rows): every model's logits are cut to
+          the shared prefix of min(vocab sizes, len(tokenizer)) ids, ids past it are never
+          chosen, and guide log-probs are normalised over it (`model_logprobs` stay the
+          policy's own, over its whole vocabulary).
+        batch_invariant: compile so that a row's floats do not depend on its batch at all
+          (`loop.BATCH_INVARIANT_CPU`; on CPU only). Without it, tokens are the same whatever
+          the batch but log-probs may differ in their last bits (see loop.py).
+        """
         cfg = self.cfg = _cfg(model)
+        guide_cfgs = [_cfg(g.model) for g in guides]
+        if guide_convention not in selection.GUIDE_CONVENTIONS:
+            raise ValueError(f"guide_convention must be one of "
+                             f"{sorted(selection.GUIDE_CONVENTIONS)}, got {guide_convention!r}")
+        for i, g in enumerate(guide_cfgs):
+            if g.vocab_size != cfg.vocab_size and not crop_vocab:
+                raise ValueError(
+                    f"guide {i} has vocab_size {g.vocab_size} but the policy {cfg.vocab_size}: "
+                    f"if they share the tokenizer, pass crop_vocab=True to sample from the ids "
+                    f"every model has")
+        for i, g in enumerate(guides):
+            if g.tokenizer is not None and tokenizer is not None:
+                _check_same_tokens(tokenizer, g.tokenizer, i)
+        self.guide_convention, self.crop_vocab = guide_convention, bool(crop_vocab)
         invariant = batch_invariant and jax.default_backend() == "cpu"
         self._prefill, self._decode = loop.compiled(loop.BATCH_INVARIANT_CPU if invariant else ())
         self.mesh = mesh if mesh is not None else shd.make_mesh(devices=jax.devices()[:1])
@@ -92,9 +141,14 @@ class Sampler:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size or (len(tokenizer) if tokenizer is not None
                                          else cfg.vocab_size)
-        if self.vocab_size > cfg.vocab_size:
+        # Every model can embed ids below this (prompts, padding); ids >= vocab_size never come.
+        self.embed_size = min([cfg.vocab_size] + [g.vocab_size for g in guide_cfgs])
+        if crop_vocab:
+            self.vocab_size = min(self.vocab_size, self.embed_size)
+        elif self.vocab_size > cfg.vocab_size:
             raise ValueError(f"the tokenizer has {self.vocab_size} tokens but the model's "
-                             f"vocabulary only {cfg.vocab_size}")
+                             f"vocabulary only {cfg.vocab_size} (crop_vocab=True samples from "
+                             f"the ids both have)")
         self.max_len = max_len or cfg.max_position_embeddings
         # Prompt-length buckets; max_len - 1 (the longest prompt that fits) always closes them.
         self.buckets = tuple(sorted({b for b in buckets if b < self.max_len - 1}
@@ -108,21 +162,17 @@ class Sampler:
         self.stop_ids = self._check_stop_ids(stop_ids)
         pads = (getattr(tokenizer, "pad_token_id", None), cfg.pad_token_id,
                 *self.stop_ids, 0)
-        self.pad_id = next(p for p in pads if p is not None)
+        self.pad_id = next(p for p in pads if p is not None and p < self.embed_size)
         if tokenizer is not None:  # (the Encoder's eos_id is not used for prompts)
             eos = tokenizer.eos_token_id
             self.encoder = Encoder(tokenizer, chat=chat, eos_id=self.pad_id if eos is None else eos)
         else:
             self.encoder = None
         self.policy = loop.LM(cfg)
+        self.guides = tuple(loop.LM(g) for g in guide_cfgs)
+        self.guide_weights = self._check_weights([g.weight for g in guides], "GuideModel.weight")
         self.params = self._place(cfg, params)
-        for g in guides:
-            if _cfg(g.model).vocab_size < self.vocab_size:
-                raise ValueError(f"guide vocabulary {_cfg(g.model).vocab_size} is smaller than "
-                                 f"the tokenizer's {self.vocab_size}: not the same tokenizer?")
-        self.guides = tuple(loop.Guide(loop.LM(_cfg(g.model)), g.combine) for g in guides)
-        self.guide_params = tuple(self._place(_cfg(g.model), g.params) for g in guides)
-        self.guide_weights = tuple(float(g.weight) for g in guides)
+        self.guide_params = tuple(self._place(c, g.params) for c, g in zip(guide_cfgs, guides))
 
     @classmethod
     def from_pretrained(cls, directory: str, tokenizer=None, *, mesh=None, **kw) -> "Sampler":
@@ -142,6 +192,25 @@ class Sampler:
             if not 0 <= int(s) < self.vocab_size:
                 raise ValueError(f"stop id {s} is outside the vocabulary [0, {self.vocab_size})")
         return tuple(int(s) for s in ids)
+
+    def _check_weights(self, weights, name: str) -> np.ndarray:
+        """The alphas as float32 [G]: one finite value per guide (and 1 + sum > 0 for the
+        official convention, which divides by it)."""
+        G = len(self.guides)
+        try:
+            w = np.asarray(weights, np.float32)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: expected {G} numbers (one alpha per guide), "
+                             f"got {weights!r}") from None
+        if w.shape != (G,):
+            raise ValueError(f"{name}: expected {G} values (one alpha per guide), got "
+                             f"{w.size if w.ndim == 1 else weights!r}")
+        if not np.isfinite(w).all():
+            raise ValueError(f"{name} must be finite, got {w.tolist()}")
+        if self.guide_convention == "official" and not 1 + w.sum() > 0:
+            raise ValueError(f"{name}: the official convention divides by 1 + sum(alphas), "
+                             f"which must be > 0; got alphas {w.tolist()}")
+        return w
 
     def _place(self, cfg: ModelConfig, params):
         """Params on the mesh (logical shardings), in the decode layout (`loop.split_layers`)."""
@@ -174,22 +243,23 @@ class Sampler:
           ids. ids: each prompt's id for the random keys (default: its index in the list); an
           int in [0, 2**32) or its decimal string is used as is, anything else hashed.
         temperature (0: greedy), top_k, top_p, min_p: see selection.Rule. seed: the run's seed.
-        stop_ids: default the sampler's. guide_weights: default the guides' own.
+        stop_ids: default the sampler's. guide_weights: the alphas, one per guide (runtime
+          values: changing them does not recompile); default the guides' own `weight`.
         batch_size: most prompts per compiled batch, of batch_size * n rows (default: the
           sampler's, else all).
         Every argument is checked here, before the first batch is traced (ValueError).
         """
         settings = loop.Settings(
             max_new_tokens=max_new_tokens, n=n, pad_id=self.pad_id, vocab_size=self.vocab_size,
+            guide_convention=self.guide_convention, crop_vocab=self.crop_vocab,
             rule=selection.Rule(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p),
             stop_ids=self.stop_ids if stop_ids is None else self._check_stop_ids(stop_ids))
         if not (isinstance(n, int) and n >= 1):
             raise ValueError(f"n (samples per prompt) must be an int >= 1, got {n!r}")
         if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
             raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-        weights = self.guide_weights if guide_weights is None else tuple(guide_weights)
-        if len(weights) != len(self.guides):
-            raise ValueError(f"{len(weights)} guide weights for {len(self.guides)} guides")
+        weights = self.guide_weights if guide_weights is None else self._check_weights(
+            guide_weights, "guide_weights")
         tokens = self._tokenize(prompts, prompt_ids)
         ids = list(range(len(tokens))) if ids is None else list(ids)
         if len(ids) != len(tokens):
@@ -198,7 +268,7 @@ class Sampler:
             tokens, [key_id(i) for i in ids], batch_size=batch_size or self.batch_size,
             dp=self.dp, buckets=self.buckets, max_len=self.max_len, max_new=max_new_tokens,
             pad_id=self.pad_id, agree=self._agree)
-        return self._results(batches, tokens, settings, seed, np.asarray(weights, np.float32))
+        return self._results(batches, tokens, settings, seed, weights)
 
     def _tokenize(self, prompts, prompt_ids) -> list[list[int]]:
         if (prompts is None) == (prompt_ids is None):
@@ -223,8 +293,8 @@ class Sampler:
             if len(ids) >= self.max_len:
                 raise ValueError(f"prompt {i} has {len(ids)} tokens: it does not fit the cache "
                                  f"of max_len={self.max_len} with room for a new token")
-            if min(ids) < 0 or max(ids) >= self.cfg.vocab_size:
-                raise ValueError(f"prompt {i} has token ids outside [0, {self.cfg.vocab_size})")
+            if min(ids) < 0 or max(ids) >= self.embed_size:
+                raise ValueError(f"prompt {i} has token ids outside [0, {self.embed_size})")
             out.append(ids)
         return out
 
@@ -264,6 +334,7 @@ class Sampler:
         lengths, stopped = get(state.lengths), get(state.stopped)
         out = SampleOutput(tokens=get(state.tokens), lengths=lengths, logprobs=get(state.logprobs),
                            model_logprobs=get(state.model_logprobs),
+                           guide_logprobs=get(state.guide_logprobs),
                            stop_reason=np.where(stopped, "stop", "length"), texts=None,
                            prompt_tokens=tokens)
         if self.tokenizer is not None:  # the text ends before the stop token

@@ -1,7 +1,8 @@
 """Token selection: small pure functions of logits [B, V] (float32), one rule that combines them.
 
     rule = Rule(temperature=0.7, top_p=0.9)
-    tokens_B, logprobs_B = choose(keys_B, logits_BxV, rule)
+    z_BxV = guided_logits(z_base_BxV, (log_softmax(z_arm_BxV),), alphas_G, "paper")  # optional
+    tokens_B, logprobs_B = choose(keys_B, z_BxV, rule)
 
 The filters are applied in the order Hugging Face's `generate` applies its warpers: temperature,
 then top-k, top-p (nucleus), min-p; a filtered-out token gets logit -inf. `logprobs_B` are the
@@ -52,6 +53,39 @@ def mask_vocab(logits_BxV, vocab_size: int):
         return logits_BxV
     ids_V = jnp.arange(logits_BxV.shape[-1])
     return jnp.where(ids_V < vocab_size, logits_BxV, NEG_INF)
+
+
+def paper_convention(z_BxV, alphas_G):
+    """GenARM's distribution as the paper writes it: pi_base * prod_i pi_r_i^alpha_i, as is."""
+    del alphas_G
+    return z_BxV
+
+
+def official_convention(z_BxV, alphas_G):
+    """The official GenARM scripts' logits: divided by (1 + sum_i alpha_i) (see loop.py)."""
+    return z_BxV / (1 + jnp.sum(alphas_G))
+
+
+# How the steered logits are scaled before temperature; picked by name (`Settings`).
+GUIDE_CONVENTIONS = {"paper": paper_convention, "official": official_convention}
+
+
+def guided_logits(z_BxV, guide_logprobs, alphas_G, convention: str):
+    """Logits of pi_base * prod_i pi_r_i^alpha_i (GenARM, Xu et al. 2024), before temperature.
+
+    z_BxV: the base's logits [B, V] float32, un-normalised; guide_logprobs: G arrays [B, V]
+    float32, log pi_r_i (each guide's log-softmax over the same V); alphas_G: float32 [G].
+    Guide i adds alpha_i * log pi_r_i: exactly 0 where alpha_i == 0 (so alpha = 0 is unguided
+    sampling bit for bit, even on ids where pi_r_i = 0) and -inf where pi_r_i = 0 for any other
+    alpha_i (an id a model masks stays masked, whatever alpha's sign: never inf - inf = NaN).
+    """
+    if not guide_logprobs:
+        return z_BxV
+    for i, lp_BxV in enumerate(guide_logprobs):
+        a = alphas_G[i]
+        term_BxV = jnp.where(lp_BxV == NEG_INF, NEG_INF, a * lp_BxV)
+        z_BxV = z_BxV + jnp.where(a == 0, 0.0, term_BxV)  # GenARM: z_base + sum alpha_i z_arm_i
+    return GUIDE_CONVENTIONS[convention](z_BxV, alphas_G)
 
 
 def argmax(logits_BxV):
