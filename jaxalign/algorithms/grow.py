@@ -103,6 +103,8 @@ def _records(rows: list[dict], out, score_fn: ScoreFn | None) -> list[dict]:
                "tokens": out.tokens[k, j, :L].tolist(), "logprobs": out.logprobs[k, j, :L].tolist(),
                "model_logprobs": out.model_logprobs[k, j, :L].tolist(), "length": L,
                "stop_reason": str(out.stop_reason[k, j])}
+        if out.guide_logprobs.shape[2]:  # guided decoding: each ARM's token rewards
+            rec["guide_logprobs"] = out.guide_logprobs[k, j, :, :L].tolist()
         if scores is not None:
             rec["score"] = scores[i]
         records.append(rec)

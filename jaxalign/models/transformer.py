@@ -9,6 +9,13 @@ T tokens; with one, the T tokens are written at `cache.index` and attend to ever
 before them, so prefill and one-token decode steps are the same call. Layer parameters are always
 stacked along a leading `layers` axis; `cfg.scan_layers` only chooses between `lax.scan` (fast
 compiles for deep models) and a fully unrolled loop (fastest decode steps).
+
+Candidate scoring (ARGS-style search): with `candidates=True` the T tokens are alternatives for
+the same next position, scored in one call without copying the cache, and the chosen one is
+kept with `commit_candidate` (a per-row copy of its keys and values, no second forward):
+
+    _, cache, hidden_BxKxD = model.apply(v, cand_BxK, pos_BxK, live_BxK, cache, candidates=True)
+    cache = commit_candidate(cache, choice_B, live_B)  # == a normal step on the chosen tokens
 """
 
 from __future__ import annotations
@@ -61,6 +68,42 @@ def attention_mask(cfg: ModelConfig, q_slots_T, key_valid_BxS):
     return (mask | (dist_TxS == 0)[None])[:, None]
 
 
+def candidate_mask(cfg: ModelConfig, index, T: int, key_valid_BxS):
+    """[B, 1, T, S] for T alternatives at slot `index`, written at slots [index, index + T):
+
+    candidate t sees the valid slots before `index` (within the sliding window, as a token at
+    slot `index` would) and its own slot index + t, never the other candidates.
+    """
+    k_slots_S = jnp.arange(key_valid_BxS.shape[1])
+    dist_S = index - k_slots_S
+    before_S = dist_S > 0
+    if cfg.sliding_window is not None:
+        before_S &= dist_S < cfg.sliding_window
+    own_TxS = k_slots_S[None, :] == (index + jnp.arange(T))[:, None]
+    return ((before_S[None, None] & key_valid_BxS[:, None, :]) | own_TxS[None])[:, None]
+
+
+def commit_candidate(cache: KVCache, choice_B, valid_B) -> KVCache:
+    """The cache after a `candidates=True` call, as if a normal 1-token step had run on each
+    row's chosen candidate: its keys and values (slot index + choice_B) are copied to slot
+    `index`, which becomes valid where valid_B, and index + 1. The other candidates' slots keep
+    stale keys and values; they are invalid, and the next call overwrites them.
+
+    choice_B: int [B] in [0, T); valid_B: bool [B] (False: a padding row, its slot masked).
+    """
+    slot_Bx1 = (cache.index + choice_B.astype(jnp.int32))[:, None]
+
+    def move(x_LxBxSxKxH):
+        chosen_LxBx1xKxH = jnp.take_along_axis(
+            x_LxBxSxKxH, slot_Bx1[None, :, :, None, None], axis=2)
+        return jax.lax.dynamic_update_slice(x_LxBxSxKxH, chosen_LxBx1xKxH,
+                                            (0, 0, cache.index, 0, 0))
+
+    mask_BxS = jax.lax.dynamic_update_slice(cache.mask, valid_B.astype(bool)[:, None],
+                                            (0, cache.index))
+    return KVCache(move(cache.k), move(cache.v), mask_BxS, cache.index + 1)
+
+
 class Transformer(nn.Module):
     cfg: ModelConfig
 
@@ -94,8 +137,15 @@ class Transformer(nn.Module):
                 kernel_init=nn.with_logical_partitioning(embed_init, ("embed", "vocab")))
 
     def __call__(self, tokens_BxT, positions_BxT, mask_BxT, cache: KVCache | None = None,
-                 return_logits: bool = True):
-        """Returns (logits [B,T,V] float32 or None, cache or None, final hidden [B,T,D])."""
+                 return_logits: bool = True, candidates: bool = False):
+        """Returns (logits [B,T,V] float32 or None, cache or None, final hidden [B,T,D]).
+
+        candidates: (needs a cache with T free slots past its index) the T tokens are
+          alternatives for the next position, each attending to the cache's valid slots and
+          itself only (`candidate_mask`); give them the same position id. Their keys/values go
+          to slots [index, index + T) but the returned cache's index and mask are the input's
+          (`mask` is not written): `commit_candidate` keeps one.
+        """
         cfg = self.cfg
         T = tokens_BxT.shape[1]
         mask_BxT = mask_BxT.astype(bool)
@@ -106,17 +156,25 @@ class Transformer(nn.Module):
         else:
             sin_cos = rope_sin_cos(cfg, positions_BxT)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+        if candidates and cache is None:
+            raise ValueError("Transformer(candidates=True) needs a cache")
         if cache is None:
             write_index, ck, cv = jnp.zeros((), jnp.int32), None, None
             key_valid = mask_BxT
         else:
             write_index, ck, cv = cache.index, cache.k, cache.v
             key_valid = jax.lax.dynamic_update_slice(cache.mask, mask_BxT, (0, write_index))
-        attn_mask = attention_mask(cfg, write_index + jnp.arange(T), key_valid)
+        if candidates:
+            attn_mask = candidate_mask(cfg, write_index, T, cache.mask)
+        else:
+            attn_mask = attention_mask(cfg, write_index + jnp.arange(T), key_valid)
         (x, ck, cv, _), _ = self.layers((x, ck, cv, jnp.zeros((), jnp.int32)), sin_cos,
                                          attn_mask, write_index)
         hidden = self.final_norm(x)
-        new_cache = None if cache is None else KVCache(ck, cv, key_valid, write_index + T)
+        if candidates:
+            new_cache = KVCache(ck, cv, cache.mask, cache.index)
+        else:
+            new_cache = None if cache is None else KVCache(ck, cv, key_valid, write_index + T)
         logits = self.logits(hidden) if return_logits else None
         return logits, new_cache, hidden
 

@@ -1,6 +1,7 @@
 """Reward models, preference models and judges (they use `models/`; `algorithms/` uses them).
 
 arm.py         GenARM's autoregressive reward model (a causal LM; token log-probs as rewards)
+args.py        ARGS decoding with the scalar reward model (`ArgsSampler`, a GenARM baseline)
 model.py       the scalar reward model: decoder + `score` head at the last real token
 hf.py          HF `*ForSequenceClassification` import/export (Llama, Mistral, Qwen2, GPT-2)
 train.py       Bradley-Terry loss and objective for the shared train step; held-out accuracy
@@ -12,6 +13,7 @@ preference.py  SPPO preference matrices: Bradley-Terry from scores, order-averag
 judges.py      the Judge interface, MixtureOfJudges, RegexAnswerJudge, LLMJudge (CGPO)
 """
 
+from jaxalign.reward.args import ArgsSampler, ScalarRewardStep
 from jaxalign.reward.arm import ARM, arm_rewards, arm_token_rewards
 from jaxalign.reward.batched import BatchedForward
 from jaxalign.reward.hf import load_reward_hf, save_reward_hf
@@ -27,7 +29,7 @@ from jaxalign.reward.scoring import (RewardScorer, calibrated, make_score_fn, pe
 from jaxalign.reward.train import bradley_terry_loss, bradley_terry_objective, pairwise_accuracy
 
 __all__ = [
-    "ARM", "BatchedForward", "arm_rewards", "arm_token_rewards", "Judge", "JudgeError", "LLMJudge", "MixtureOfJudges", "MixtureVerdicts",
+    "ARM", "ArgsSampler", "ScalarRewardStep", "BatchedForward", "arm_rewards", "arm_token_rewards", "Judge", "JudgeError", "LLMJudge", "MixtureOfJudges", "MixtureVerdicts",
     "PairwiseJudge", "RegexAnswerJudge", "RewardScorer", "ScorePreferenceModel", "TokenProbe",
     "Verdicts", "backbone_config", "bradley_terry_loss", "bradley_terry_objective",
     "bt_preference_matrix", "calibrated", "check_verdicts", "init_reward_params",

@@ -112,3 +112,26 @@ def test_in_memory_prompts_and_sampler_policy(llama, tokenizer, tmp_path):
                  tokenizer=tokenizer, out_dir=str(tmp_path), progress=False, **SETTINGS)
     records = read_shards(paths)
     assert [(r["id"], r["sample"]) for r in records] == [(0, 0), (0, 1), (7, 0), (7, 1)]
+
+
+def test_guided_sampler_records_each_arm_token_reward(llama, tokenizer, tmp_path):
+    """A GenARM-guided sampler as the policy: records carry log pi_r(y_t) per ARM and token."""
+    import numpy as np
+
+    from jaxalign.reward.arm import arm_token_rewards
+    from jaxalign.sampling import GuideModel, Sampler
+
+    cfg, params = llama
+    sampler = Sampler(cfg, params, tokenizer, max_len=32,
+                      guides=[GuideModel(cfg, params, weight=0.5)])
+    [path] = grow(["the cat sat"], sampler, out_dir=str(tmp_path), progress=False, **SETTINGS)
+    for r in read_shards([path]):
+        assert np.array(r["guide_logprobs"]).shape == (1, r["length"])
+        # the ARM here is the policy itself: its token rewards are the model's log-probs
+        # (the sampler normalises over the tokenizer's ids; the model over its whole vocab)
+        p, c = r["prompt_tokens"], r["tokens"]
+        t = np.array([p + c], np.int32)
+        comp = np.array([[False] * len(p) + [True] * len(c)])
+        want = np.asarray(arm_token_rewards(cfg, params, t, np.ones_like(t, bool), comp))[0]
+        np.testing.assert_allclose(r["guide_logprobs"][0], r["model_logprobs"], atol=1e-5)
+        np.testing.assert_allclose(want[len(p):], r["model_logprobs"], atol=1e-4)
