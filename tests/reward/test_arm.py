@@ -14,6 +14,7 @@ from jaxalign.reward.arm import ARM, arm_rewards, arm_token_rewards
 
 CFG = preset("bench-tiny").replace(vocab_size=32, initializer_range=0.3)
 PARAMS = init_params(CFG, jax.random.key(3))
+_apply = jax.jit(Transformer(CFG).apply)
 
 
 def _rows():
@@ -38,9 +39,8 @@ def _by_hand(params, rows):
     out = []
     for p, c in rows:
         seq = np.array([p + c], np.int32)
-        logits, _, _ = Transformer(CFG).apply({"params": params}, seq,
-                                              np.arange(seq.shape[1])[None],
-                                              np.ones_like(seq, bool))
+        logits, _, _ = _apply({"params": params}, seq, np.arange(seq.shape[1])[None],
+                              np.ones_like(seq, bool))
         z = np.asarray(logits[0], np.float64)
         lp = z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
             - z.max(-1, keepdims=True)
