@@ -18,7 +18,6 @@ import math
 import os
 import time
 
-import jax
 import numpy as np
 
 from jaxalign.algorithms.dpo import preference_objective
@@ -125,23 +124,6 @@ def plot(rows: list[dict], path: str, task: str) -> None:
     plt.close(fig)
 
 
-def main(argv):
-    del argv
-    from absl import logging
-    logging.set_verbosity(logging.WARNING)
-    config = _CONFIG.value
-    if _WORKDIR.value:
-        with config.unlocked():
-            config.workdir = _WORKDIR.value
-    run(config)
-
-
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]",
-                                              lock_config=True)
-    _WORKDIR = flags.DEFINE_string("workdir", None, "where results go")
-    flags.mark_flag_as_required("config")
-    app.run(main)
+    from jaxalign.cli import run_from_flags
+    run_from_flags(run)

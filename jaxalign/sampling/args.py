@@ -123,25 +123,9 @@ def _prefill(params, reward_params, w, tokens_BxP, mask_BxP, prompt_ids_B, budge
     rows = lambda c: c.replace(k=loop._rows(c.k, n, 1), v=loop._rows(c.v, n, 1),
                                mask=loop._rows(c.mask, n))
 
-    R = B * n  # keys and budgets exactly as loop._prefill: the same reproducibility contract
-    sample_idx_R = jnp.tile(jnp.arange(n, dtype=jnp.uint32), B)
-    fold = jax.vmap(jax.random.fold_in)
-    keys_R = fold(fold(jnp.broadcast_to(jax.random.key(seed), (R,)),
-                       loop._rows(prompt_ids_B, n)), sample_idx_R)
-    budget_R = loop._rows(budget_B, n)
-    state = State(
-        step=jnp.zeros((), jnp.int32),
-        tokens=jnp.full((R, N), settings.pad_id, jnp.int32),
-        logprobs=jnp.zeros((R, N), jnp.float32),
-        model_logprobs=jnp.zeros((R, N), jnp.float32),
-        guide_logprobs=jnp.zeros((R, 0, N), jnp.float32),  # no GenARM guides
-        lengths=jnp.zeros((R,), jnp.int32),
-        done=budget_R <= 0,
-        stopped=jnp.zeros((R,), bool),
-        budget=budget_R,
-        prompt_lengths=loop._rows(mask_BxP.sum(-1, dtype=jnp.int32), n),
-        keys=keys_R,
-        caches=(rows(cache), rows(r_cache)))
+    # keys and budgets exactly as loop._prefill: the same reproducibility contract
+    state = loop.initial_state(prompt_ids_B, budget_B, mask_BxP, seed,
+                               (rows(cache), rows(r_cache)), settings)
     state = _search(state, loop._rows(z_BxV, n), reward_params, w, reward=reward,
                     settings=settings)
     return loop._constrain(state, mesh)
@@ -157,9 +141,7 @@ def _decode(params, reward_params, w, state: State, *, policy: LM, reward: Rewar
         return ~jnp.all(state.done) & (cache.index < cache.max_len)
 
     def body(state: State):
-        last_Rx1 = jax.lax.dynamic_slice_in_dim(state.tokens, state.step - 1, 1, axis=1)
-        live_Rx1 = ~state.done[:, None]
-        positions_Rx1 = jnp.where(live_Rx1, (state.prompt_lengths + state.step - 1)[:, None], 0)
+        last_Rx1, positions_Rx1, live_Rx1 = loop.last_tokens(state)
         z_RxV, cache = policy(params, last_Rx1, positions_Rx1, live_Rx1, state.caches[0])
         state = state.replace(caches=(cache, state.caches[1]))
         return _search(state, z_RxV, reward_params, w, reward=reward, settings=settings)

@@ -176,6 +176,41 @@ def _constrain(state: State, mesh: Mesh | None) -> State:
     return state.replace(caches=caches, **rows)
 
 
+def initial_state(prompt_ids_B, budget_B, mask_BxP, seed, caches: tuple, settings: Settings,
+                  num_guides: int = 0) -> State:
+    """The state before the first token: R = B * n rows, prompt-major, each row's key
+    fold_in(fold_in(key(seed), prompt_id), sample_index) (the reproducibility contract)."""
+    n, N = settings.n, settings.max_new_tokens
+    R = prompt_ids_B.shape[0] * n
+    sample_idx_R = jnp.tile(jnp.arange(n, dtype=jnp.uint32), R // n)
+    fold = jax.vmap(jax.random.fold_in)
+    keys_R = fold(fold(jnp.broadcast_to(jax.random.key(seed), (R,)), _rows(prompt_ids_B, n)),
+                  sample_idx_R)
+    budget_R = _rows(budget_B, n)
+    return State(
+        step=jnp.zeros((), jnp.int32),
+        tokens=jnp.full((R, N), settings.pad_id, jnp.int32),
+        logprobs=jnp.zeros((R, N), jnp.float32),
+        model_logprobs=jnp.zeros((R, N), jnp.float32),
+        guide_logprobs=jnp.zeros((R, num_guides, N), jnp.float32),
+        lengths=jnp.zeros((R,), jnp.int32),
+        done=budget_R <= 0,
+        stopped=jnp.zeros((R,), bool),
+        budget=budget_R,
+        prompt_lengths=_rows(mask_BxP.sum(-1, dtype=jnp.int32), n),
+        keys=keys_R,
+        caches=caches)
+
+
+def last_tokens(state: State):
+    """The next decode step's input: each row's last token [R, 1], its position, and whether
+    it is live (finished rows are fed padding, masked out)."""
+    last_Rx1 = jax.lax.dynamic_slice_in_dim(state.tokens, state.step - 1, 1, axis=1)
+    live_Rx1 = ~state.done[:, None]
+    positions_Rx1 = jnp.where(live_Rx1, (state.prompt_lengths + state.step - 1)[:, None], 0)
+    return last_Rx1, positions_Rx1, live_Rx1
+
+
 def _prefill(params, guide_params, alphas_G, tokens_BxP, mask_BxP, prompt_ids_B, budget_B,
             seed, *, policy: LM, guides: tuple[LM, ...], settings: Settings,
             mesh: Mesh | None = None) -> State:
@@ -192,25 +227,8 @@ def _prefill(params, guide_params, alphas_G, tokens_BxP, mask_BxP, prompt_ids_B,
         caches.append(cache.replace(k=_rows(cache.k, n, 1), v=_rows(cache.v, n, 1),
                                     mask=_rows(cache.mask, n)))
 
-    R = B * n
-    sample_idx_R = jnp.tile(jnp.arange(n, dtype=jnp.uint32), B)
-    fold = jax.vmap(jax.random.fold_in)
-    keys_R = fold(fold(jnp.broadcast_to(jax.random.key(seed), (R,)), _rows(prompt_ids_B, n)),
-                  sample_idx_R)
-    budget_R = _rows(budget_B, n)
-    state = State(
-        step=jnp.zeros((), jnp.int32),
-        tokens=jnp.full((R, N), settings.pad_id, jnp.int32),
-        logprobs=jnp.zeros((R, N), jnp.float32),
-        model_logprobs=jnp.zeros((R, N), jnp.float32),
-        guide_logprobs=jnp.zeros((R, len(guides), N), jnp.float32),
-        lengths=jnp.zeros((R,), jnp.int32),
-        done=budget_R <= 0,
-        stopped=jnp.zeros((R,), bool),
-        budget=budget_R,
-        prompt_lengths=_rows(mask_BxP.sum(-1, dtype=jnp.int32), n),
-        keys=keys_R,
-        caches=tuple(caches))
+    state = initial_state(prompt_ids_B, budget_B, mask_BxP, seed, tuple(caches), settings,
+                          num_guides=len(guides))
     return _constrain(_select(state, logits[0], logits[1:], alphas_G, settings), mesh)
 
 
@@ -226,9 +244,7 @@ def _decode(params, guide_params, alphas_G, state: State, *, policy: LM,
         return ~jnp.all(state.done) & (cache.index < cache.max_len)
 
     def body(state: State):
-        last_Rx1 = jax.lax.dynamic_slice_in_dim(state.tokens, state.step - 1, 1, axis=1)
-        live_Rx1 = ~state.done[:, None]  # finished rows are fed padding, masked out
-        positions_Rx1 = jnp.where(live_Rx1, (state.prompt_lengths + state.step - 1)[:, None], 0)
+        last_Rx1, positions_Rx1, live_Rx1 = last_tokens(state)
         logits, caches = [], []
         for lm, p, cache in zip(lms, all_params, state.caches):
             z_BxV, cache = lm(p, last_Rx1, positions_Rx1, live_Rx1, cache)
