@@ -194,6 +194,11 @@ def plot(result: dict, workdir: str) -> None:
     for p in ps:
         ax.annotate(f"l={p['lam']:g}", (p["reward/helpfulness"], p["reward/harmlessness"]),
                     fontsize=6, textcoords="offset points", xytext=(3, 3))
+    unguided = [r for r in result["guided"] if r["method"] == "reference"]
+    if unguided:
+        ax.plot([unguided[0]["reward/helpfulness"]], [unguided[0]["reward/harmlessness"]],
+                marker="*", linestyle="", label="reference (unguided)")
+        ax.legend(fontsize=7)
     ax.set_xlabel("true reward (helpfulness)")
     ax.set_ylabel("true reward (harmlessness)")
     fig.tight_layout()
