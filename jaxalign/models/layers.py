@@ -95,6 +95,26 @@ def make_norm(cfg: ModelConfig, name: str) -> nn.Module:
     return LayerNorm(cfg, name=name) if cfg.is_gpt2 else RMSNorm(cfg, name=name)
 
 
+def decode_attention(q_Bx1xNxH, k_BxSxKxH, v_BxSxKxH, mask_Bx1x1xS):
+    """Grouped-query attention of one new token over the cache: `jax.nn.dot_product_attention`
+    with T = 1, [B, 1, N, H] out.
+
+    The queries of a KV head are grouped ([B, K, G, H]) and contracted with the cache as it
+    lies ([B, S, K, H]): on CPU this is 2-3x faster per decode step than the general kernel,
+    which runs one [1, H] x [H, S] product per (row, query head) after regrouping the cache.
+    """
+    B, _, N, H = q_Bx1xNxH.shape
+    K = k_BxSxKxH.shape[2]
+    q_BxKxGxH = q_Bx1xNxH.reshape(B, K, N // K, H)
+    s_BxKxGxS = jnp.einsum("bkgh,bskh->bkgs", q_BxKxGxH, k_BxSxKxH,
+                           preferred_element_type=jnp.float32) * (H ** -0.5)
+    s_BxKxGxS = jnp.where(mask_Bx1x1xS[:, :, :1], s_BxKxGxS, -jnp.inf)  # own slot always valid
+    p_BxKxGxS = jax.nn.softmax(s_BxKxGxS, axis=-1).astype(v_BxSxKxH.dtype)
+    out_BxKxGxH = jnp.einsum("bkgs,bskh->bkgh", p_BxKxGxS, v_BxSxKxH,
+                             preferred_element_type=jnp.float32)
+    return out_BxKxGxH.reshape(B, 1, N, H).astype(q_Bx1xNxH.dtype)
+
+
 class Attention(nn.Module):
     """Multi-head attention with grouped KV heads and an optional preallocated KV cache.
 
@@ -125,9 +145,12 @@ class Attention(nn.Module):
             cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), start)
             kv_cache = (ck, cv)
             k, v = ck[layer], cv[layer]
-        out = jax.nn.dot_product_attention(
-            q, k.astype(q.dtype), v.astype(q.dtype), mask=mask_Bx1xTxS,
-            implementation=cfg.attention_impl)
+        if kv_cache is not None and T == 1 and cfg.attention_impl is None:
+            out = decode_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask_Bx1xTxS)
+        else:
+            out = jax.nn.dot_product_attention(
+                q, k.astype(q.dtype), v.astype(q.dtype), mask=mask_Bx1xTxS,
+                implementation=cfg.attention_impl)
         out = _dense(cfg, cfg.hidden_size, ("heads", "embed"), cfg.o_bias or cfg.is_gpt2, "o")(
             out.reshape(B, T, N * H))
         return out, kv_cache
