@@ -11,6 +11,8 @@ its tokens), at batch 1, 8 and 32, for a tiny config (hidden 64, 2 layers) and a
 background load hits both alike. Two ceilings are measured here, not assumed:
   matmul-only: one jitted decode step's matmuls alone (same shapes, per-layer weight buffers),
     looped over the 128 steps in one program: B / (time per step) tokens/s;
+  decode %matmul: the decode steps alone against that ceiling, each step timed as the slope
+    between a 2-token and a 128-token call (the prompt's prefill and host work excluded);
   roofline (batch 1): bandwidth of a jitted matrix-vector product over a 512 MiB float32
     matrix, divided by the bytes a step must read (every weight but the embedding table, and
     the KV cache of the average context): the best a memory-bound batch-1 step can do.
@@ -113,9 +115,9 @@ def bench_config(name: str, batches, prompt_len: int, new: int, reps: int, bw: f
         ids = np.random.default_rng(B).integers(2, c["vocab_size"], (B, prompt_len))
         ids_t, mask_t = torch.tensor(ids), torch.ones((B, prompt_len), dtype=torch.long)
 
-        def ours():
-            out = sampler(prompt_ids=ids.tolist(), temperature=0.0, max_new_tokens=new)
-            assert (out.lengths == new).all()
+        def ours(n=new):
+            out = sampler(prompt_ids=ids.tolist(), temperature=0.0, max_new_tokens=n)
+            assert (out.lengths == n).all()
 
         def theirs():
             with torch.no_grad():
@@ -123,14 +125,17 @@ def bench_config(name: str, batches, prompt_len: int, new: int, reps: int, bw: f
                                   min_new_tokens=new, do_sample=False, pad_token_id=0)
             assert out.shape == (B, prompt_len + new)
 
-        ours(), theirs()  # compile / warm up
-        t_ours = t_theirs = float("inf")
+        ours(), ours(2), theirs()  # compile / warm up
+        t_ours = t_theirs = t_two = float("inf")
         for _ in range(reps):  # alternate so background load hits both alike
             t_ours = min(t_ours, best_time(ours, 1))
+            t_two = min(t_two, best_time(lambda: ours(2), 1))
             t_theirs = min(t_theirs, best_time(theirs, 1))
         ceiling = matmul_ceiling(c, B, new, max(1, reps))
+        # decode steps alone: the slope between 2 and `new` tokens (prefill and host excluded)
+        step = max(t_ours - t_two, 1e-9) / (new - 2)
         row = dict(config=name, batch=B, ours=B * new / t_ours, hf=B * new / t_theirs,
-                   matmul=ceiling)
+                   matmul=ceiling, decode=B / step)
         if B == 1 and bw is not None:
             row["roofline"] = bw / step_bytes(c, prompt_len + new / 2)
         rows.append(row)
@@ -139,7 +144,8 @@ def bench_config(name: str, batches, prompt_len: int, new: int, reps: int, bw: f
 
 
 HEADER = (f"{'config':>6} {'batch':>5} {'ours tok/s':>11} {'hf tok/s':>9} {'ratio':>6} "
-          f"{'matmul-only':>11} {'%matmul':>7} {'roofline':>8} {'%roof':>6}")
+          f"{'matmul-only':>11} {'%matmul':>7} {'decode %matmul':>14} {'roofline':>8} "
+          f"{'%roof':>6}")
 
 
 def fmt(r: dict) -> str:
@@ -147,7 +153,8 @@ def fmt(r: dict) -> str:
             else f"{'-':>8} {'-':>6}")
     return (f"{r['config']:>6} {r['batch']:5d} {r['ours']:11.1f} {r['hf']:9.1f} "
             f"{r['ours'] / r['hf']:5.2f}x {r['matmul']:11.1f} "
-            f"{100 * r['ours'] / r['matmul']:6.0f}% {roof}")
+            f"{100 * r['ours'] / r['matmul']:6.0f}% {100 * r['decode'] / r['matmul']:13.0f}% "
+            f"{roof}")
 
 
 def main(argv=None) -> list[dict]:

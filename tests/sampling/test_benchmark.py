@@ -11,7 +11,7 @@ def test_quick_benchmark_runs(capsys):
     spec.loader.exec_module(bench)
     rows = bench.main(["--quick"])
     assert [(r["config"], r["batch"]) for r in rows] == [("tiny", 1)]
-    for key in ("ours", "hf", "matmul", "roofline"):
+    for key in ("ours", "hf", "matmul", "decode", "roofline"):
         assert rows[0][key] > 0
     out = capsys.readouterr().out
-    assert "GB/s" in out and "ratio" in out and "tiny" in out
+    assert "GB/s" in out and "ratio" in out and "decode %matmul" in out and "tiny" in out
