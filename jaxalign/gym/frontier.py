@@ -33,12 +33,18 @@ COLUMNS = ["method", "param", "reward", "kl", "win_rate", "violation/any", "dist
            "length"]
 
 
-def train_dpo(ref, train_ds, *, beta: float, workdir: str, steps: int, batch_size: int,
-              lr: float, seed: int, loss: str = "dpo.sigmoid"):
+def train_dpo(ref, train_ds, *, beta: float, loss: str = "dpo.sigmoid", **kw):
     """DPO from the reference on a preference dataset; returns the final params."""
+    return train_preference(ref, train_ds, loss=loss, loss_kwargs={"beta": beta}, **kw)
+
+
+def train_preference(ref, train_ds, *, loss: str, loss_kwargs: dict, workdir: str, steps: int,
+                     batch_size: int, lr: float, seed: int, with_reference: bool = True):
+    """A preference loss from the reference's weights (AdamW, 10% warmup, linear decay);
+    `with_reference=False` for reference-free losses (GenARM's ARM). Returns the params."""
     it = Mapped(BatchIterator(train_ds, batch_size=batch_size, seed=seed), with_weight)
-    objective = preference_objective(ref.model_cfg, loss=loss, loss_kwargs={"beta": beta},
-                                     ref_params=ref.params)
+    objective = preference_objective(ref.model_cfg, loss=loss, loss_kwargs=loss_kwargs,
+                                     ref_params=ref.params if with_reference else None)
     optimizer, _ = make_optimizer(optimizer="adamw", lr=lr, warmup_steps=max(steps // 10, 1),
                                   decay="linear", total_steps=steps, grad_clip=10.0)
     loop = LoopConfig(workdir=workdir, total_steps=steps, seed=seed, checkpoint_every=steps,

@@ -29,16 +29,14 @@ import zlib
 import jax
 import numpy as np
 
-from jaxalign.algorithms.dpo import preference_objective
-from jaxalign.algorithms.run_dpo import Mapped, with_weight
+from jaxalign.algorithms.run_dpo import with_weight
 from jaxalign.data import BatchIterator
 from jaxalign.gym import oracles, tasks
 from jaxalign.gym.evaluate import EvalConfig, Suite, completions_of, markdown_table
+from jaxalign.gym.frontier import train_preference
 from jaxalign.gym.policy import ReferenceConfig, reference_policy
 from jaxalign.reward.arm import arm_rewards
 from jaxalign.sampling import GuideModel, Sampler
-from jaxalign.train.optim import make_optimizer
-from jaxalign.train.trainer import LoopConfig, train
 
 COLUMNS = ["method", "param", "reward", "kl", "win_rate", "violation/any", "distinct_2",
            "length"]
@@ -49,16 +47,10 @@ PARETO_COLUMNS = ["method", "param", "reward/helpfulness", "reward/harmlessness"
 def train_arm(ref, train_ds, *, beta_r: float, workdir: str, steps: int, batch_size: int,
               lr: float, seed: int, gamma: float = 0.0):
     """An ARM from the reference's weights, trained with GenARM's loss; returns its params."""
-    it = Mapped(BatchIterator(train_ds, batch_size=batch_size, seed=seed), with_weight)
-    objective = preference_objective(ref.model_cfg, loss="genarm.arm",
-                                     loss_kwargs={"beta": beta_r, "gamma": gamma})
-    optimizer, _ = make_optimizer(optimizer="adamw", lr=lr, warmup_steps=max(steps // 10, 1),
-                                  decay="linear", total_steps=steps, grad_clip=10.0)
-    loop = LoopConfig(workdir=workdir, total_steps=steps, seed=seed, checkpoint_every=steps,
-                      keep_checkpoints=1, async_checkpoints=False, progress_bar=False)
-    state = train(loop, objective=objective, optimizer=optimizer, params=ref.params,
-                  model_cfg=ref.model_cfg, train_iter=it)
-    return state.params
+    return train_preference(ref, train_ds, loss="genarm.arm",
+                            loss_kwargs={"beta": beta_r, "gamma": gamma}, workdir=workdir,
+                            steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                            with_reference=False)
 
 
 def arm_accuracy(cfg, params, ds, batch_size: int = 64) -> float:
