@@ -3,10 +3,11 @@
 from jaxalign.models.config import ModelConfig, RopeScaling
 from jaxalign.models.transformer import (
     KVCache, Transformer, attention_mask, candidate_mask, commit_candidate, init_cache,
-    init_params, param_logical_axes, param_shapes, positions_from_mask, unembedding)
+    init_params, param_logical_axes, param_shapes, positions_from_mask, split_layers, stack_layers,
+    unembedding)
 
 __all__ = [
     "KVCache", "ModelConfig", "RopeScaling", "Transformer", "attention_mask", "candidate_mask",
     "commit_candidate", "init_cache", "init_params", "param_logical_axes",
-    "param_shapes", "positions_from_mask", "unembedding",
+    "param_shapes", "positions_from_mask", "split_layers", "stack_layers", "unembedding",
 ]

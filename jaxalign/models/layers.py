@@ -95,34 +95,53 @@ def make_norm(cfg: ModelConfig, name: str) -> nn.Module:
     return LayerNorm(cfg, name=name) if cfg.is_gpt2 else RMSNorm(cfg, name=name)
 
 
-def decode_attention(q_Bx1xNxH, k_BxSxKxH, v_BxSxKxH, mask_Bx1x1xS):
-    """Grouped-query attention of one new token over the cache: `jax.nn.dot_product_attention`
-    with T = 1, [B, 1, N, H] out.
+def decode_attention(q_Bx1xNxH, k_BxKxHxS, v_BxKxSxH, mask_Bx1x1xS):
+    """Grouped-query attention of one new token over a layer's cache (`KVCache` layout):
+    `jax.nn.dot_product_attention` with T = 1, [B, 1, N, H] out.
 
-    The queries of a KV head are grouped ([B, K, G, H]) and contracted with the cache as it
-    lies ([B, S, K, H]): on CPU this is 2-3x faster per decode step than the general kernel,
-    which runs one [1, H] x [H, S] product per (row, query head) after regrouping the cache.
+    The queries of a KV head are grouped ([B, K, G, H]) and both products are plain batched
+    matmuls over the cache as it lies: keys [B, K, H, S], values [B, K, S, H]. Measured on 2 CPU
+    cores (batch 32, 159 slots, 12 layers of 4 KV heads x 3 queries x 64): 10 ms per step,
+    against 27 ms for the same products on a [B, S, K, H] cache (which XLA transposes first)
+    and 50 ms for `jax.nn.dot_product_attention` (one [1, H] x [H, S] product per query head).
     """
     B, _, N, H = q_Bx1xNxH.shape
-    K = k_BxSxKxH.shape[2]
+    K = k_BxKxHxS.shape[1]
     q_BxKxGxH = q_Bx1xNxH.reshape(B, K, N // K, H)
-    s_BxKxGxS = jnp.einsum("bkgh,bskh->bkgs", q_BxKxGxH, k_BxSxKxH,
+    s_BxKxGxS = jnp.einsum("bkgh,bkhs->bkgs", q_BxKxGxH, k_BxKxHxS,
                            preferred_element_type=jnp.float32) * (H ** -0.5)
     s_BxKxGxS = jnp.where(mask_Bx1x1xS[:, :, :1], s_BxKxGxS, -jnp.inf)  # own slot always valid
-    p_BxKxGxS = jax.nn.softmax(s_BxKxGxS, axis=-1).astype(v_BxSxKxH.dtype)
-    out_BxKxGxH = jnp.einsum("bkgs,bskh->bkgh", p_BxKxGxS, v_BxSxKxH,
+    p_BxKxGxS = jax.nn.softmax(s_BxKxGxS, axis=-1).astype(v_BxKxSxH.dtype)
+    out_BxKxGxH = jnp.einsum("bkgs,bksh->bkgh", p_BxKxGxS, v_BxKxSxH,
                              preferred_element_type=jnp.float32)
     return out_BxKxGxH.reshape(B, 1, N, H).astype(q_Bx1xNxH.dtype)
+
+
+def write_cache(ck, cv, layer, k_BxTxKxH, v_BxTxKxH, write_index):
+    """Writes T new keys and values at slots [write_index, write_index + T) of layer `layer` of
+    stacked buffers (k [L, B, K, H, S], v [L, B, K, S, H]), or of one layer's own buffers when
+    `layer` is None (k [B, K, H, S], v [B, K, S, H]), in place. Returns the updated buffers and
+    the layer's keys and values, as the `KVCache` lays them out."""
+    k_BxKxHxT = jnp.transpose(k_BxTxKxH, (0, 2, 3, 1)).astype(ck.dtype)
+    v_BxKxTxH = jnp.transpose(v_BxTxKxH, (0, 2, 1, 3)).astype(cv.dtype)
+    if layer is None:
+        ck = jax.lax.dynamic_update_slice(ck, k_BxKxHxT, (0, 0, 0, write_index))
+        cv = jax.lax.dynamic_update_slice(cv, v_BxKxTxH, (0, 0, write_index, 0))
+        return ck, cv, ck, cv
+    ck = jax.lax.dynamic_update_slice(ck, k_BxKxHxT[None], (layer, 0, 0, 0, write_index))
+    cv = jax.lax.dynamic_update_slice(cv, v_BxKxTxH[None], (layer, 0, 0, write_index, 0))
+    return ck, cv, ck[layer], cv[layer]
 
 
 class Attention(nn.Module):
     """Multi-head attention with grouped KV heads and an optional preallocated KV cache.
 
-    With `kv_cache=(k, v, layer)`, k and v the stacked caches [L, B, S, K, H], the T new keys and
-    values are written in place at layer `layer`, slots [write_index, write_index + T), and the
-    queries attend over that layer's S slots; `mask_Bx1xTxS` says which slot each query may see
-    (causal order, padding, sliding window). Writing into the stacked cache (not into a copy of
-    the layer that is then written back) keeps a decode step from copying the cache.
+    With `kv_cache=(k, v, layer)` (the stacked caches and a layer index, or one layer's own
+    buffers and None: see `write_cache`), the T new keys and values are written in place at
+    slots [write_index, write_index + T), and the queries attend over the layer's S slots;
+    `mask_Bx1xTxS` says which slot each query may see (causal order, padding, sliding window).
+    Writing into the cache as it is carried (not into a copy of the layer that is then written
+    back) keeps a decode step from copying the cache.
     """
 
     cfg: ModelConfig
@@ -138,19 +157,20 @@ class Attention(nn.Module):
         v = _dense(cfg, K * H, ("embed", "kv"), bias, "v")(x_BxTxD).reshape(B, T, K, H)
         if sin_cos is not None:
             q, k = apply_rope(q, *sin_cos), apply_rope(k, *sin_cos)
-        if kv_cache is not None:
-            ck, cv, layer = kv_cache
-            start = (layer, 0, write_index, 0, 0)
-            ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), start)
-            cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), start)
-            kv_cache = (ck, cv)
-            k, v = ck[layer], cv[layer]
-        if kv_cache is not None and T == 1 and cfg.attention_impl is None:
-            out = decode_attention(q, k.astype(q.dtype), v.astype(q.dtype), mask_Bx1xTxS)
+        attend = lambda k, v: jax.nn.dot_product_attention(
+            q, k.astype(q.dtype), v.astype(q.dtype), mask=mask_Bx1xTxS,
+            implementation=cfg.attention_impl)
+        if kv_cache is None:
+            out = attend(k, v)
         else:
-            out = jax.nn.dot_product_attention(
-                q, k.astype(q.dtype), v.astype(q.dtype), mask=mask_Bx1xTxS,
-                implementation=cfg.attention_impl)
+            ck, cv, k_BxKxHxS, v_BxKxSxH = write_cache(*kv_cache, k, v, write_index)
+            kv_cache = (ck, cv)
+            if T == 1 and cfg.attention_impl is None:
+                out = decode_attention(q, k_BxKxHxS.astype(q.dtype), v_BxKxSxH.astype(q.dtype),
+                                       mask_Bx1xTxS)
+            else:  # the general kernel takes [B, S, K, H]: a copy, amortised over T tokens
+                out = attend(jnp.transpose(k_BxKxHxS, (0, 3, 1, 2)),
+                             jnp.transpose(v_BxKxSxH, (0, 2, 1, 3)))
         out = _dense(cfg, cfg.hidden_size, ("heads", "embed"), cfg.o_bias or cfg.is_gpt2, "o")(
             out.reshape(B, T, N * H))
         return out, kv_cache
@@ -175,8 +195,9 @@ class MLP(nn.Module):
 class DecoderLayer(nn.Module):
     """Pre-norm block, written as a scan body: carry = (x, cache_k, cache_v, layer_index).
 
-    The cache of every layer is stacked [L, B, S, K, H] and travels in the carry; attention writes
-    this layer's new keys and values into it in place, so a step never copies the cache.
+    The cache of every layer is stacked ([L, ...], `KVCache`) and travels in the carry; attention
+    writes this layer's new keys and values into it in place, so a step never copies the cache.
+    With layer_index None, cache_k and cache_v are this layer's own buffers (the decode layout).
     """
 
     cfg: ModelConfig
@@ -192,4 +213,4 @@ class DecoderLayer(nn.Module):
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         if cache_k is not None:
             cache_k, cache_v = kv_cache
-        return (x, cache_k, cache_v, i + 1), None
+        return (x, cache_k, cache_v, None if i is None else i + 1), None

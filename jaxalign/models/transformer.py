@@ -8,7 +8,13 @@
 T tokens; with one, the T tokens are written at `cache.index` and attend to everything cached
 before them, so prefill and one-token decode steps are the same call. Layer parameters are always
 stacked along a leading `layers` axis; `cfg.scan_layers` only chooses between `lax.scan` (fast
-compiles for deep models) and a fully unrolled loop (fastest decode steps).
+compiles for deep models) and a fully unrolled loop.
+
+The decode layout (what the sampling loop uses): params with `split_layers` (one tree per layer)
+and a per-layer cache (`init_cache(..., per_layer=True)`: one key and one value buffer per layer).
+The call then runs the layers as a Python loop, each reading its own buffers. A decode step reads
+every weight and the whole cache once, and XLA on CPU copies a slice of a stacked [L, ...] array
+before a matmul can read it; from per-layer buffers nothing is copied. Same results either way.
 
 Candidate scoring (ARGS-style search): with `candidates=True` the T tokens are alternatives for
 the same next position, scored in one call without copying the cache, and the chosen one is
@@ -31,21 +37,62 @@ from jaxalign.models.layers import DecoderLayer, make_norm, rope_sin_cos
 
 @flax.struct.dataclass
 class KVCache:
-    k: jax.Array  # [L, B, S, K, H]
-    v: jax.Array  # [L, B, S, K, H]
+    """Keys slot-minor, values head-major, so that a one-token step's two attention products
+    read each layer's cache as it lies (batch dims leading, no transposed copy):
+
+      stacked:    k [L, B, K, H, S], v [L, B, K, S, H]
+      per layer:  k, v tuples of L arrays [B, K, H, S] and [B, K, S, H] (the decode layout)
+    """
+
+    k: jax.Array | tuple
+    v: jax.Array | tuple
     mask: jax.Array  # [B, S] bool: the slot holds a real token
     index: jax.Array  # [] int32: the next slot to write
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[2]
+        return self.mask.shape[1]
+
+    @property
+    def per_layer(self) -> bool:
+        return isinstance(self.k, tuple)
+
+    def map_rows(self, fn) -> "KVCache":
+        """The cache with fn(array, batch_axis) applied to every buffer (mask included)."""
+        axis = 0 if self.per_layer else 1
+        kv = lambda x: jax.tree.map(lambda a: fn(a, axis), x)
+        return self.replace(k=kv(self.k), v=kv(self.v), mask=fn(self.mask, 0))
 
 
-def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
-    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.dim_per_head)
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None,
+               per_layer: bool = False) -> KVCache:
+    """An empty cache of `max_len` slots; per_layer: the decode layout (see the module doc)."""
+    K, H, L = cfg.num_kv_heads, cfg.dim_per_head, cfg.num_layers
     dtype = dtype or cfg.jnp_dtype
-    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
-                   jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32))
+    if per_layer:
+        k = tuple(jnp.zeros((batch, K, H, max_len), dtype) for _ in range(L))
+        v = tuple(jnp.zeros((batch, K, max_len, H), dtype) for _ in range(L))
+    else:
+        k = jnp.zeros((L, batch, K, H, max_len), dtype)
+        v = jnp.zeros((L, batch, K, max_len, H), dtype)
+    return KVCache(k, v, jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32))
+
+
+def split_layers(params):
+    """The decode layout of the params: the stacked `layers` subtree as a tuple of per-layer
+    trees (see the module doc). Identity on params already split."""
+    if isinstance(params["layers"], tuple):
+        return params
+    n = jax.tree.leaves(params["layers"])[0].shape[0]
+    layers = tuple(jax.tree.map(lambda x, i=i: x[i], params["layers"]) for i in range(n))
+    return {**params, "layers": layers}
+
+
+def stack_layers(params):
+    """Inverse of `split_layers` (identity on params already stacked)."""
+    if not isinstance(params["layers"], tuple):
+        return params
+    return {**params, "layers": jax.tree.map(lambda *xs: jnp.stack(xs), *params["layers"])}
 
 
 def positions_from_mask(mask_BxT):
@@ -91,17 +138,22 @@ def commit_candidate(cache: KVCache, choice_B, valid_B) -> KVCache:
 
     choice_B: int [B] in [0, T); valid_B: bool [B] (False: a padding row, its slot masked).
     """
-    slot_Bx1 = (cache.index + choice_B.astype(jnp.int32))[:, None]
+    slot_B = cache.index + choice_B.astype(jnp.int32)
 
-    def move(x_LxBxSxKxH):
-        chosen_LxBx1xKxH = jnp.take_along_axis(
-            x_LxBxSxKxH, slot_Bx1[None, :, :, None, None], axis=2)
-        return jax.lax.dynamic_update_slice(x_LxBxSxKxH, chosen_LxBx1xKxH,
-                                            (0, 0, cache.index, 0, 0))
+    def move(x, slot_axis: int):  # the chosen slot's entry, per row, copied to slot `index`
+        lead = 0 if cache.per_layer else 1  # the batch axis
+        shape = [1] * x.ndim
+        shape[lead] = slot_B.shape[0]
+        chosen = jnp.take_along_axis(x, slot_B.reshape(shape), axis=slot_axis)
+        start = [0] * x.ndim
+        start[slot_axis] = cache.index
+        return jax.lax.dynamic_update_slice(x, chosen, start)
 
+    k_axis, v_axis = (3, 2) if cache.per_layer else (4, 3)
     mask_BxS = jax.lax.dynamic_update_slice(cache.mask, valid_B.astype(bool)[:, None],
                                             (0, cache.index))
-    return KVCache(move(cache.k), move(cache.v), mask_BxS, cache.index + 1)
+    return KVCache(jax.tree.map(lambda x: move(x, k_axis), cache.k),
+                   jax.tree.map(lambda x: move(x, v_axis), cache.v), mask_BxS, cache.index + 1)
 
 
 class Transformer(nn.Module):
@@ -168,8 +220,11 @@ class Transformer(nn.Module):
             attn_mask = candidate_mask(cfg, write_index, T, cache.mask)
         else:
             attn_mask = attention_mask(cfg, write_index + jnp.arange(T), key_valid)
-        (x, ck, cv, _), _ = self.layers((x, ck, cv, jnp.zeros((), jnp.int32)), sin_cos,
-                                         attn_mask, write_index)
+        if cache is not None and cache.per_layer:
+            x, ck, cv = self._per_layer(x, ck, cv, sin_cos, attn_mask, write_index)
+        else:
+            (x, ck, cv, _), _ = self.layers((x, ck, cv, jnp.zeros((), jnp.int32)), sin_cos,
+                                             attn_mask, write_index)
         hidden = self.final_norm(x)
         if candidates:
             new_cache = KVCache(ck, cv, cache.mask, cache.index)
@@ -177,6 +232,20 @@ class Transformer(nn.Module):
             new_cache = None if cache is None else KVCache(ck, cv, key_valid, write_index + T)
         logits = self.logits(hidden) if return_logits else None
         return logits, new_cache, hidden
+
+    def _per_layer(self, x, ck, cv, sin_cos, attn_mask, write_index):
+        """The layers unrolled in Python, layer i on its own cache buffers ck[i], cv[i] and its
+        params (split: `split_layers`; stacked ones are sliced, which costs a copy per call)."""
+        layers = self.variables["params"]["layers"]
+        if not isinstance(layers, tuple):
+            layers = split_layers({"layers": layers})["layers"]
+        ks, vs = [], []
+        for p, k, v in zip(layers, ck, cv, strict=True):
+            (x, k, v, _), _ = DecoderLayer(self.cfg, parent=None).apply(
+                {"params": p}, (x, k, v, None), sin_cos, attn_mask, write_index)
+            ks.append(k)
+            vs.append(v)
+        return x, tuple(ks), tuple(vs)
 
     def logits(self, hidden_BxTxD):
         if self.cfg.tie_word_embeddings:

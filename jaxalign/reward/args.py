@@ -33,20 +33,22 @@ from jaxalign.sampling.sampler import Sampler
 class ScalarRewardStep:
     """The scalar reward model as ARGS's loop sees it (`args.RewardStep`): r at every token.
 
-    params: {"model": backbone in the decode layout (`loop.split_layers`), "score": {"kernel"}}.
+    params: {"model": backbone in the decode layout (`loop.decode_layout`), "score": {"kernel"}}.
     """
 
     cfg: ModelConfig  # the reward model's own config (model.py)
 
     def init_cache(self, batch: int, length: int):
-        return init_cache(backbone_config(self.cfg), batch, length)
+        cfg = backbone_config(self.cfg)
+        return init_cache(cfg, batch, length, per_layer=not cfg.scan_layers)
 
     def __call__(self, params, tokens_BxT, positions_BxT, mask_BxT, cache, *,
                  candidates: bool = False):
         """(r [B, T] float32: the score head at each token, i.e. the reward of the sequence
         ending there as `reward_scores` gives it; the cache)."""
-        _, cache, hidden_BxTxD = Transformer(backbone_config(self.cfg)).apply(
-            {"params": loop.stack_layers(params["model"])}, tokens_BxT, positions_BxT,
+        cfg = backbone_config(self.cfg)
+        _, cache, hidden_BxTxD = Transformer(cfg).apply(
+            {"params": loop.decode_layout(cfg, params["model"])}, tokens_BxT, positions_BxT,
             mask_BxT, cache, return_logits=False, candidates=candidates)
         r_BxTx1 = jnp.einsum("btd,do->bto", hidden_BxTxD.astype(jnp.float32),
                              params["score"]["kernel"].astype(jnp.float32),

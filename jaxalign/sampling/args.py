@@ -120,8 +120,7 @@ def _prefill(params, reward_params, w, tokens_BxP, mask_BxP, prompt_ids_B, budge
     z_BxV, cache = policy(params, tokens_BxP, positions_BxP, mask_BxP, policy.init_cache(B, S))
     _, r_cache = reward(reward_params, tokens_BxP, positions_BxP, mask_BxP,
                         reward.init_cache(B, S + settings.k))
-    rows = lambda c: c.replace(k=loop._rows(c.k, n, 1), v=loop._rows(c.v, n, 1),
-                               mask=loop._rows(c.mask, n))
+    rows = lambda c: c.map_rows(lambda x, axis: loop._rows(x, n, axis))
 
     # keys and budgets exactly as loop._prefill: the same reproducibility contract
     state = loop.initial_state(prompt_ids_B, budget_B, mask_BxP, seed,

@@ -46,45 +46,35 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxalign.models import KVCache, ModelConfig, Transformer, init_cache, positions_from_mask
+from jaxalign.models import (KVCache, ModelConfig, Transformer, init_cache, positions_from_mask,
+                             split_layers, stack_layers)
 from jaxalign.sampling import selection
 
 # How many times each compiled function was traced (tests assert no recompilation).
 TRACES: collections.Counter = collections.Counter()
 
 
-def split_layers(params):
-    """Decode layout of the params: the stacked `layers` subtree as a tuple of per-layer trees.
-
-    A decode step reads every weight once and is memory-bound. XLA on CPU copies a slice of a
-    stacked [L, ...] array before a matmul can read it, tripling the weight traffic; from one
-    buffer per layer, `stack_layers` inside the step is a concatenate that the model's per-layer
-    slices fold away, so each matmul reads its layer's buffer directly.
-    """
-    n = jax.tree.leaves(params["layers"])[0].shape[0]
-    layers = tuple(jax.tree.map(lambda x, i=i: x[i], params["layers"]) for i in range(n))
-    return {**params, "layers": layers}
-
-
-def stack_layers(params):
-    """Inverse of `split_layers` (identity on params already stacked)."""
-    if not isinstance(params["layers"], tuple):
-        return params
-    return {**params, "layers": jax.tree.map(lambda *xs: jnp.stack(xs), *params["layers"])}
+def decode_layout(cfg: ModelConfig, params):
+    """The params as the loop's steps take them: one tree per layer (`split_layers`), or
+    stacked when the config scans its layers."""
+    return stack_layers(params) if cfg.scan_layers else split_layers(params)
 
 
 @dataclasses.dataclass(frozen=True)
 class LM:
-    """A jaxalign `Transformer` as the loop sees it: a step (tokens, cache) -> (logits, cache)."""
+    """A jaxalign `Transformer` as the loop sees it: a step (tokens, cache) -> (logits, cache).
+
+    In the decode layout (`decode_layout` params, per-layer caches: see models/transformer.py),
+    unless the config scans its layers (`cfg.scan_layers`: stacked, faster to compile)."""
 
     cfg: ModelConfig
 
     def init_cache(self, batch: int, length: int) -> KVCache:
-        return init_cache(self.cfg, batch, length)
+        return init_cache(self.cfg, batch, length, per_layer=not self.cfg.scan_layers)
 
     def __call__(self, params, tokens_BxT, positions_BxT, mask_BxT, cache: KVCache):
         """Logits [B, V] float32 of the last position only, and the cache with T more slots."""
-        model, variables = Transformer(self.cfg), {"params": stack_layers(params)}
+        model, variables = Transformer(self.cfg), {"params": decode_layout(self.cfg, params)}
         _, cache, hidden_BxTxD = model.apply(variables, tokens_BxT, positions_BxT, mask_BxT,
                                              cache, return_logits=False)
         logits_Bx1xV = model.apply(variables, hidden_BxTxD[:, -1:], method=Transformer.logits)
@@ -169,8 +159,7 @@ def _constrain(state: State, mesh: Mesh | None) -> State:
         return state
     put = lambda x, *lead: jax.lax.with_sharding_constraint(
         x, NamedSharding(mesh, PartitionSpec(*lead, ("data", "fsdp"))))
-    caches = tuple(c.replace(k=put(c.k, None), v=put(c.v, None), mask=put(c.mask))
-                   for c in state.caches)
+    caches = tuple(c.map_rows(lambda x, axis: put(x, *[None] * axis)) for c in state.caches)
     rows = {f.name: put(getattr(state, f.name)) for f in dataclasses.fields(state)
             if f.name not in ("step", "caches")}
     return state.replace(caches=caches, **rows)
@@ -224,8 +213,7 @@ def _prefill(params, guide_params, alphas_G, tokens_BxP, mask_BxP, prompt_ids_B,
     for lm, p in zip((policy,) + guides, (params,) + tuple(guide_params)):
         z_BxV, cache = lm(p, tokens_BxP, positions_BxP, mask_BxP, lm.init_cache(B, S))
         logits.append(_rows(z_BxV, n))
-        caches.append(cache.replace(k=_rows(cache.k, n, 1), v=_rows(cache.v, n, 1),
-                                    mask=_rows(cache.mask, n)))
+        caches.append(cache.map_rows(lambda x, axis: _rows(x, n, axis)))
 
     state = initial_state(prompt_ids_B, budget_B, mask_BxP, seed, tuple(caches), settings,
                           num_guides=len(guides))

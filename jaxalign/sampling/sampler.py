@@ -26,6 +26,7 @@ agreed across processes (the longest local prompt is all-gathered), so shapes al
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any, Iterator, Sequence
@@ -213,10 +214,10 @@ class Sampler:
         return w
 
     def _place(self, cfg: ModelConfig, params):
-        """Params on the mesh (logical shardings), in the decode layout (`loop.split_layers`)."""
+        """Params on the mesh (logical shardings), in the decode layout (`loop.decode_layout`)."""
         shardings = shd.tree_shardings(param_logical_axes(cfg), params, self.mesh)
         params = jax.tree.map(lambda x, s: jax.device_put(x, s), params, shardings)
-        return jax.jit(loop.split_layers)(params)
+        return jax.jit(functools.partial(loop.decode_layout, cfg))(params)
 
     def set_params(self, params) -> None:
         """New policy weights (e.g. after an RL iteration); compiled programs are reused."""

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxalign.models import ModelConfig, Transformer, init_cache, init_params, positions_from_mask
+from jaxalign.models import (ModelConfig, Transformer, init_cache, init_params, positions_from_mask,
+                             split_layers)
 
 CONFIGS = {
     "llama": ModelConfig(family="llama", vocab_size=64, hidden_size=32, num_layers=2,
@@ -40,8 +41,9 @@ def test_left_padding_matches_unpadded(name):
     np.testing.assert_allclose(got[:, 4:], alone, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("per_layer", [False, True], ids=["stacked", "decode_layout"])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_prefill_then_decode_matches_full_forward(name):
+def test_prefill_then_decode_matches_full_forward(name, per_layer):
     cfg = CONFIGS[name]
     params = init_params(cfg, jax.random.key(1))
     B, P, N = 3, 5, 6
@@ -49,7 +51,10 @@ def test_prefill_then_decode_matches_full_forward(name):
     mask = jnp.ones((B, P + N), bool).at[1, :2].set(False).at[2, :4].set(False)
     full, _, _ = _forward(cfg, params, tokens, mask)
     step = jax.jit(lambda p, t, pos, m, c: Transformer(cfg).apply({"params": p}, t, pos, m, c))
-    cache = init_cache(cfg, B, P + N + 2)
+    cache = init_cache(cfg, B, P + N + 2, per_layer=per_layer)
+    if per_layer:  # what the sampler runs: one param tree and one cache buffer per layer
+        params = split_layers(params)
+        assert len(cache.k) == len(params["layers"]) == cfg.num_layers
     positions = positions_from_mask(mask)
     logits, cache, _ = step(params, tokens[:, :P], positions[:, :P], mask[:, :P], cache)
     outs = [logits]
@@ -57,7 +62,7 @@ def test_prefill_then_decode_matches_full_forward(name):
         logits, cache, _ = step(params, tokens[:, t:t + 1], positions[:, t:t + 1],
                                 mask[:, t:t + 1], cache)
         outs.append(logits)
-    assert int(cache.index) == P + N
+    assert int(cache.index) == P + N and cache.per_layer == per_layer
     np.testing.assert_allclose(jnp.concatenate(outs, 1)[mask], full[mask], atol=1e-5, rtol=0)
 
 

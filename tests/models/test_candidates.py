@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxalign.models import (ModelConfig, Transformer, commit_candidate, init_cache, init_params,
-                             positions_from_mask)
+                             positions_from_mask, split_layers)
 
 # Llama's code path (rotary positions, grouped KV heads) with a sliding window that cuts into
 # the cached context: the candidates' mask is the subtle part.
@@ -23,14 +23,18 @@ def _step(params, tokens, positions, mask, cache, *, cfg, candidates=False):
                                   candidates=candidates)
 
 
-def test_candidates_equal_separate_steps_and_commit_equals_a_normal_step():
+@pytest.mark.parametrize("per_layer", [False, True], ids=["stacked", "decode_layout"])
+def test_candidates_equal_separate_steps_and_commit_equals_a_normal_step(per_layer):
     cfg = CFG
     params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(1))
+    if per_layer:
+        params = split_layers(params)
     B, P, K, S = 3, 6, 4, 16
     prompt = jax.random.randint(jax.random.key(2), (B, P), 0, cfg.vocab_size)
     mask = jnp.ones((B, P), bool).at[1, :2].set(False).at[2, :5].set(False)  # left padding
     positions = positions_from_mask(mask)
-    _, cache, _ = _step(params, prompt, positions, mask, init_cache(cfg, B, S), cfg=cfg)
+    cache = init_cache(cfg, B, S, per_layer=per_layer)
+    _, cache, _ = _step(params, prompt, positions, mask, cache, cfg=cfg)
     # One decoded token, row 0 a finished (padding) row, so the cache has an invalid slot too.
     live = jnp.array([False, True, True])
     next_pos = jnp.where(live, mask.sum(-1), 0)[:, None]
@@ -57,8 +61,10 @@ def test_candidates_equal_separate_steps_and_commit_equals_a_normal_step():
     assert int(got.index) == int(want.index) == int(cache.index) + 1
     np.testing.assert_array_equal(got.mask, want.mask)
     used = int(want.index)  # slots past the index hold stale candidates: invalid, overwritten
-    np.testing.assert_allclose(got.k[:, :, :used], want.k[:, :, :used], atol=1e-5, rtol=0)
-    np.testing.assert_allclose(got.v[:, :, :used], want.v[:, :, :used], atol=1e-5, rtol=0)
+    slots = lambda c: (jax.tree.map(lambda k: k[..., :used], c.k),  # keys [..., S]
+                       jax.tree.map(lambda v: v[..., :used, :], c.v))  # values [..., S, H]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=0),
+                 slots(got), slots(want))
 
     # The next step reads the committed cache exactly as the normal one.
     nxt = jnp.full((B, 1), 11)

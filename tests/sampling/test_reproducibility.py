@@ -110,3 +110,15 @@ def test_weights_sharded_over_fsdp_and_model(batch32, llama):
     out = sharded(prompt_ids=prompts()[:8], **SETTINGS)
     for i in range(8):
         assert_same("default", out, full, i, i)
+
+
+def test_scanned_layers_sample_the_same(batch32, llama):
+    """cfg.scan_layers keeps the stacked params and cache (lax.scan over layers) in the loop;
+    the default decode layout runs one buffer per layer: the same samples."""
+    _, full = batch32("default")
+    cfg, params = llama
+    scanned = Sampler(cfg.replace(scan_layers=True), params, stop_ids=())
+    assert not isinstance(scanned.params["layers"], tuple)
+    out = scanned(prompt_ids=prompts()[:8], **SETTINGS)
+    for i in range(8):
+        assert_same("default", out, full, i, i)
