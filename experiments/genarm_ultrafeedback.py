@@ -18,8 +18,6 @@ linear decay, grad-norm clip 10, reference-free (the ARM's reward has no referen
 `smoke` shrinks it to a random 2-layer Llama on the toy preference set (CPU, seconds).
 """
 
-import ml_collections
-
 from experiments import genarm_hh_rlhf
 
 

@@ -8,7 +8,6 @@ The ARM is a causal LM pi_r whose reward is r(x, y) = l_r(y) = sum_t log pi_r(y_
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from jaxalign.losses import _checks
 from jaxalign.losses.dpo import pair_metrics

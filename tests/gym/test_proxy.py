@@ -1,5 +1,3 @@
-import numpy as np
-
 from jaxalign.gym import oracles, tasks
 from jaxalign.gym.evaluate import EvalConfig, Suite, markdown_table
 from jaxalign.gym.frontier import best_of_n

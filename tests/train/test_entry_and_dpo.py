@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from experiments import dpo_mistral_ultrafeedback, dpo_toy
 from jaxalign.algorithms import run_dpo
