@@ -12,7 +12,8 @@ random keys, so its completions do not depend on sharding, batching or restarts.
 
 Output: out_dir/shard-00000-of-00004.jsonl, ...: shard k holds prompts [k * shard_size,
 (k + 1) * shard_size), one line per (prompt, sample):
-  {"id", "prompt", "sample", "completion" (text, stop token excluded), "prompt_tokens",
+  {"id", "prompt", "sample", "completion" (text, stop token excluded, continuing the prompt's
+   text: see sampling.completion_text), "prompt_tokens",
    "tokens" (the stop token included), "logprobs" (sampling distribution), "model_logprobs"
    (unmodified policy), "length", "stop_reason" ("stop" | "length"), "score" (with score_fn)}
 A shard is written to a temporary file and renamed when complete (os.replace), so a killed run

@@ -12,10 +12,12 @@ best_of_n.py  best-of-N selection of a Sampler's completions by a score function
 from jaxalign.sampling.best_of_n import BestOfN, best_of_n
 from jaxalign.sampling.loop import LM, Settings, State, decode, prefill
 from jaxalign.sampling.output import SampleOutput
-from jaxalign.sampling.sampler import GuideModel, Sampler, stop_ids_from_checkpoint
+from jaxalign.sampling.sampler import (GuideModel, Sampler, completion_text,
+                                       stop_ids_from_checkpoint)
 from jaxalign.sampling.selection import GUIDE_CONVENTIONS, Rule, choose, guided_logits
 
 __all__ = [
-    "BestOfN", "best_of_n", "GUIDE_CONVENTIONS", "LM", "GuideModel", "Rule", "SampleOutput", "Sampler", "Settings",
-    "State", "choose", "decode", "guided_logits", "prefill", "stop_ids_from_checkpoint",
+    "BestOfN", "best_of_n", "GUIDE_CONVENTIONS", "LM", "GuideModel", "Rule", "SampleOutput",
+    "Sampler", "Settings", "State", "choose", "completion_text", "decode", "guided_logits",
+    "prefill", "stop_ids_from_checkpoint",
 ]

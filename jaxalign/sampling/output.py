@@ -20,7 +20,9 @@ class SampleOutput:
     # over the vocabulary the models share; 0 after the end. [P, n, 0, N] without guides.
     guide_logprobs: np.ndarray
     stop_reason: np.ndarray  # [P, n] "stop" (ended on a stop id) or "length" (budget / cache)
-    texts: list[list[str]] | None  # decoded without the stop token; None without a tokenizer
+    # decoded without the stop token, as the text continues the prompt's (`completion_text`:
+    # prompt + text re-tokenises to prompt + completion); None without a tokenizer
+    texts: list[list[str]] | None
     prompt_tokens: list[list[int]]
 
     @property

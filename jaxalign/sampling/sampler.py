@@ -84,6 +84,24 @@ def _local_rows(x: jax.Array) -> np.ndarray:
     return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)])
 
 
+def completion_text(tokenizer, prompt_ids, completion_ids, context: int = 4) -> str:
+    """The completion's text as it continues the prompt's: decode(last prompt tokens +
+    completion) past decode(last prompt tokens). SentencePiece and word-level decoders drop the
+    space before a sequence's first word, so decoding the completion alone would glue it to the
+    prompt ("the cat" + "sat"); this keeps it (" sat"), and prompt + text re-tokenises as
+    prompt + completion (what a reward model or a DPO dataset reads). Special tokens are
+    skipped; if the context's text is not a prefix (a character split across the boundary),
+    the completion is decoded alone."""
+    head = [int(t) for t in prompt_ids[len(prompt_ids) - context:]] if context else []
+    ids = [int(t) for t in completion_ids]
+    if head:
+        before = tokenizer.decode(head, skip_special_tokens=True)
+        full = tokenizer.decode(head + ids, skip_special_tokens=True)
+        if full.startswith(before):
+            return full[len(before):]
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
 def _check_same_tokens(tokenizer, other, i: int) -> None:
     """Guide i's tokenizer maps every id both have to the same token as the policy's."""
     ids = list(range(min(len(tokenizer), len(other))))
@@ -339,7 +357,7 @@ class Sampler:
                            stop_reason=np.where(stopped, "stop", "length"), texts=None,
                            prompt_tokens=tokens)
         if self.tokenizer is not None:  # the text ends before the stop token
-            out.texts = [[self.tokenizer.decode(out.tokens[p, j, :lengths[p, j] - stopped[p, j]],
-                                                skip_special_tokens=True) for j in range(n)]
-                         for p in range(k)]
+            out.texts = [[completion_text(self.tokenizer, tokens[p],
+                                          out.tokens[p, j, :lengths[p, j] - stopped[p, j]])
+                          for j in range(n)] for p in range(k)]
         return out

@@ -10,9 +10,9 @@ from jaxalign.reward import RewardScorer, init_reward_params, make_score_fn
 from jaxalign.sampling import Sampler
 from jaxalign.sampling.best_of_n import best_of_n, completions
 
-# A trailing space: the reward model reads prompt + completion text, and the sampled texts
-# (word-level tokenizer) start without one.
-TEXTS = ["the cat sat on the mat ", "hello world ", "one two three "]
+# The reward model reads prompt + completion text: the sampled texts continue the prompts
+# (with the space a word-level decoder drops before a sequence's first word).
+TEXTS = ["the cat sat on the mat", "hello world", "one two three"]
 KW = dict(n=4, temperature=1.5, max_new_tokens=6, seed=1)
 
 

@@ -50,7 +50,7 @@ def test_records_cover_every_prompt_and_sample(reference, tokenizer):
         assert r["length"] == len(r["tokens"]) == len(r["logprobs"]) == len(r["model_logprobs"])
         assert r["score"] == score([r["prompt"]], [r["completion"]])[0]
         body = r["tokens"][:-1] if r["stop_reason"] == "stop" else r["tokens"]
-        assert r["completion"] == tokenizer.decode(body, skip_special_tokens=True)
+        assert r["completion"].lstrip() == tokenizer.decode(body, skip_special_tokens=True)
         assert r["prompt_tokens"] == tokenizer(r["prompt"])["input_ids"]
         assert all(lp <= 0 for lp in r["logprobs"])
 
