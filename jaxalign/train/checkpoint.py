@@ -37,6 +37,31 @@ def _compare(saved: dict, current: dict, where: str) -> None:
                 f"this run has {key}={current.get(key)!r} (another architecture?)")
 
 
+def _leaf_shapes(tree) -> dict[str, tuple]:
+    """{"params/layers/attn/q/lora_a": shape, ...}: paths spelled alike for a live or abstract
+    tree and for Orbax's saved metadata (dict keys, dataclass fields and sequence indices)."""
+    name = lambda k: str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+    return {"/".join(name(k) for k in path): tuple(x.shape)
+            for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _compare_state(saved_metadata, target, where: str, shown: int = 4) -> None:
+    """A clear error, before Orbax reads an array, when the saved train state is not the tree
+    this run builds: another LoRA rank or targets, full fine-tune vs adapters, another head or
+    optimizer (the model configs already matched)."""
+    saved, want = _leaf_shapes(saved_metadata), _leaf_shapes(target)
+    diffs = [f"{k}: saved {saved[k]}, this run {want[k]}" for k in sorted(saved.keys() & want)
+             if saved[k] != want[k]]
+    diffs += [f"{k}: only in the checkpoint" for k in sorted(saved.keys() - want.keys())]
+    diffs += [f"{k}: only in this run" for k in sorted(want.keys() - saved.keys())]
+    if diffs:
+        more = f"; and {len(diffs) - shown} more" if len(diffs) > shown else ""
+        raise CheckpointMismatch(
+            f"{where}: the checkpoint holds another train state than this run builds (same "
+            "model; another LoRA rank or targets, adapters vs a full fine-tune, another head or "
+            "optimizer?): " + "; ".join(diffs[:shown]) + more)
+
+
 class Checkpointer:
     def __init__(self, directory: str, model_cfg, *, keep: int = 3, async_save: bool = True,
                  best_metric: str | None = None, best_mode: str = "max"):
@@ -44,14 +69,20 @@ class Checkpointer:
         self.model_cfg = model_cfg
         opts = ocp.CheckpointManagerOptions(max_to_keep=keep,
                                             enable_async_checkpointing=async_save)
-        self.last = ocp.CheckpointManager(os.path.join(self.directory, "last"), options=opts)
+        # Handlers named up front: a fresh manager can then read a step's metadata (the saved
+        # tree's shapes, compared before restoring) and restore items without warnings.
+        handlers = lambda: dict(state=ocp.StandardCheckpointHandler(),
+                                data=ocp.JsonCheckpointHandler(),
+                                meta=ocp.JsonCheckpointHandler())
+        self.last = ocp.CheckpointManager(os.path.join(self.directory, "last"), options=opts,
+                                          item_handlers=handlers())
         self.best = None
         if best_metric:
             best_opts = ocp.CheckpointManagerOptions(
                 max_to_keep=1, best_fn=lambda m: m[best_metric], best_mode=best_mode,
                 enable_async_checkpointing=async_save)
             self.best = ocp.CheckpointManager(os.path.join(self.directory, "best"),
-                                              options=best_opts)
+                                              options=best_opts, item_handlers=handlers())
 
     def _args(self, state, data_state, meta):
         meta = {"model": _config_dict(self.model_cfg), **(meta or {})}
@@ -78,8 +109,9 @@ class Checkpointer:
         if step is None:
             raise FileNotFoundError(f"{manager.directory}: no checkpoint to restore")
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        _compare(meta["model"], _config_dict(self.model_cfg),
-                 os.path.join(str(manager.directory), str(step)))
+        where = os.path.join(str(manager.directory), str(step))
+        _compare(meta["model"], _config_dict(self.model_cfg), where)
+        _compare_state(manager.item_metadata(step)["state"], abstract_state, where)
         out = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
         return out["state"], out["data"], meta

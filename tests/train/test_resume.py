@@ -113,3 +113,25 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     other = TINY.replace(num_layers=3)
     with pytest.raises(CheckpointMismatch, match="num_layers=2.*num_layers=3"):
         Checkpointer(str(tmp_path), other).restore({"params": params})
+
+
+def test_checkpoint_with_other_lora_settings_is_refused_by_name(tmp_path):
+    """Same model, another train state (LoRA rank 8 saved, rank 4 or a full fine-tune asked):
+    refused before any array is read, naming the parameters that differ."""
+    import jax
+    from jaxalign.models import init_params
+    from jaxalign.train import lora
+    from tests.train.batches import TINY
+    params = init_params(TINY, jax.random.key(0))
+    adapters = lambda rank: lora.init_lora(params, lora.LoraConfig(rank=rank, targets=("q",)),
+                                           jax.random.key(1))
+    ckpt = Checkpointer(str(tmp_path), TINY, async_save=False)
+    ckpt.save(1, {"params": adapters(8)})
+    ckpt.wait()
+    with pytest.raises(CheckpointMismatch, match=r"LoRA rank.*params/layers/attn/q/a: saved "
+                                                 r"\(2, 32, 8\), this run \(2, 32, 4\)"):
+        Checkpointer(str(tmp_path), TINY).restore({"params": adapters(4)})
+    with pytest.raises(CheckpointMismatch, match="params/layers/attn/q/a: only in the checkpoint"):
+        Checkpointer(str(tmp_path), TINY).restore({"params": params})
+    restored, _, _ = Checkpointer(str(tmp_path), TINY).restore({"params": adapters(8)})
+    jax.tree.map(np.testing.assert_array_equal, restored["params"], adapters(8))
