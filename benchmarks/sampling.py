@@ -1,6 +1,6 @@
 """Greedy sampling throughput: jaxalign's Sampler against transformers `generate`, with ceilings.
 
-    JAX_PLATFORMS=cpu .venv/bin/python benchmarks/sampling.py            # ~4-5 min on 2 idle cores
+    JAX_PLATFORMS=cpu .venv/bin/python benchmarks/sampling.py            # ~6 min on 2 idle cores
     JAX_PLATFORMS=cpu .venv/bin/python benchmarks/sampling.py --quick    # seconds (a test runs it)
 
 Both sides run the same random Llama weights (made by transformers, loaded with `load_hf`),
@@ -160,7 +160,7 @@ def fmt(r: dict) -> str:
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny config, batch 1, 16 new tokens")
-    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args(argv)
     if args.quick:
         plan, new, reps, mib = [("tiny", (1,))], 16, 1, 64
