@@ -40,10 +40,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxalign.algorithms.dpo import preference_objective, sequence_logps  # noqa: E402
-from jaxalign.models import init_params  # noqa: E402
+from jaxalign.models import completion_logprobs, init_params  # noqa: E402
 from jaxalign.models.hf import save_hf  # noqa: E402
 from jaxalign.models.presets import HUB_CONFIGS, preset  # noqa: E402
+from jaxalign.objectives import preference_objective  # noqa: E402
 from jaxalign.train.optim import make_optimizer  # noqa: E402
 from jaxalign.train.step import init_state, make_train_step  # noqa: E402
 
@@ -168,10 +168,10 @@ class JaxalignStepper:
 
 
 def jax_logps(cfg, params, batch) -> np.ndarray:
-    f = jax.jit(lambda p, b: sequence_logps(
+    f = jax.jit(lambda p, b: completion_logprobs(
         cfg, p, jnp.concatenate([b["chosen_tokens"], b["rejected_tokens"]]),
         jnp.concatenate([b["chosen_mask"], b["rejected_mask"]]),
-        jnp.concatenate([b["chosen_loss_mask"], b["rejected_loss_mask"]]))[0])
+        jnp.concatenate([b["chosen_loss_mask"], b["rejected_loss_mask"]])).sum)
     return np.asarray(f(params, batch))
 
 

@@ -1,7 +1,7 @@
 r"""DPO reward-vs-KL frontier on the gym's sentiment task (the DPO paper's Figure 2 analogue).
 
-    python -m jaxalign.gym.frontier --config experiments/dpo_frontier.py --workdir results/dpo_frontier
-    python -m jaxalign.gym.frontier --config experiments/dpo_frontier.py:smoke --workdir /tmp/frontier_smoke
+    python -m jaxalign --config experiments/dpo_frontier.py --workdir results/dpo_frontier
+    python -m jaxalign --config experiments/dpo_frontier.py:smoke --workdir /tmp/frontier_smoke
 
 Trains (once; cached under ~/.cache/jaxalign/gym/<hash>, ~1-1.5 min on 2 CPU cores) the tiny
 reference policy, labels pairs of its samples with a Bradley-Terry oracle over the true
@@ -19,6 +19,7 @@ import ml_collections
 def get_config(arg: str = ""):
     smoke = arg == "smoke"
     c = ml_collections.ConfigDict()
+    c.algorithm = "dpo_frontier"  # jaxalign.gym.frontier
     c.workdir = "results/dpo_frontier"
     c.cache_dir = ""  # "" = $JAXALIGN_GYM_CACHE or ~/.cache/jaxalign/gym
     c.seed = 0

@@ -3,9 +3,9 @@ hyperparameters (beta 0.1, lr 5e-7, batch 64, RMSprop, 150 warmup steps, max_len
 max_prompt 256, grad-norm clip 10).
 
 Validate shapes and memory without running (any machine, nothing allocated):
-    python -m jaxalign.train --config experiments/dpo_mistral_ultrafeedback.py --dry_run
+    python -m jaxalign --config experiments/dpo_mistral_ultrafeedback.py --dry_run
 Run on a TPU slice (checkpoint and data on local disk or a mounted bucket):
-    python -m jaxalign.train --config experiments/dpo_mistral_ultrafeedback.py \
+    python -m jaxalign --config experiments/dpo_mistral_ultrafeedback.py \
         --config.model.hf_path=/ckpt/Mistral-7B-Instruct-v0.2 \
         --config.tokenizer=/ckpt/Mistral-7B-Instruct-v0.2 \
         --config.data.train=/data/ultrafeedback_binarized/train_prefs.parquet \

@@ -1,7 +1,7 @@
 r"""DPO on the generated toy preference set (chosen completions use positive words).
 
-    python -m jaxalign.train --config experiments/dpo_toy.py:smoke --workdir /tmp/dpo_toy
-    python -m jaxalign.train --config experiments/dpo_toy.py --workdir /tmp/dpo_toy_full
+    python -m jaxalign --config experiments/dpo_toy.py:smoke --workdir /tmp/dpo_toy
+    python -m jaxalign --config experiments/dpo_toy.py --workdir /tmp/dpo_toy_full
 
 `smoke`: a 2-layer Llama of hidden 64 from random init, 40 steps of batch 16, ~30 s on 2 CPU
 cores; held-out reward accuracy goes from ~0.5 to > 0.9. The default config trains 200 steps.

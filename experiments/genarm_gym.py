@@ -1,7 +1,7 @@
 r"""GenARM on the gym: ARMs trained on oracle preferences guide the frozen reference policy.
 
-    python -m jaxalign.gym.genarm --config experiments/genarm_gym.py --workdir results/genarm_gym
-    python -m jaxalign.gym.genarm --config experiments/genarm_gym.py:smoke --workdir /tmp/genarm
+    python -m jaxalign --config experiments/genarm_gym.py --workdir results/genarm_gym
+    python -m jaxalign --config experiments/genarm_gym.py:smoke --workdir /tmp/genarm
 
 Trains (once; cached under ~/.cache/jaxalign/gym/<hash>) the tiny reference policy, then three
 ARMs from its weights with GenARM's loss (beta_r = 0.1; the paper's HH-RLHF value is 0.05, its
@@ -26,6 +26,7 @@ import ml_collections
 def get_config(arg: str = ""):
     smoke = arg == "smoke"
     c = ml_collections.ConfigDict()
+    c.algorithm = "genarm_gym"  # jaxalign.gym.genarm
     c.workdir = "results/genarm_gym"
     c.cache_dir = ""  # "" = $JAXALIGN_GYM_CACHE or ~/.cache/jaxalign/gym
     c.seed = 0

@@ -2,9 +2,9 @@ r"""GenARM's autoregressive reward model on HH-RLHF (Xu et al. 2024, Section 6.1
 r=8, alpha=16 on q/k/v of a LLaMA-7B SFT model, beta_r = 0.05, lr 5e-4, 1 epoch, batch 32.
 
 Validate shapes and memory without running (any machine, nothing allocated):
-    python -m jaxalign.train --config experiments/genarm_hh_rlhf.py --dry_run
+    python -m jaxalign --config experiments/genarm_hh_rlhf.py --dry_run
 Train on a TPU slice (the SFT checkpoint and Anthropic/hh-rlhf JSONL on local disk):
-    python -m jaxalign.train --config experiments/genarm_hh_rlhf.py \
+    python -m jaxalign --config experiments/genarm_hh_rlhf.py \
         --config.model.hf_path=/ckpt/llama-7b-sft --config.tokenizer=/ckpt/llama-7b-sft \
         --config.data.train=/data/hh-rlhf/train.jsonl --config.data.eval=/data/hh-rlhf/test.jsonl \
         --workdir /runs/genarm_hh

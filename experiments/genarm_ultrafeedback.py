@@ -3,9 +3,9 @@ weak-to-strong / AlpacaEval setup): a full fine-tune of Tulu2-7B, beta_r = 0.1, 
 3 epochs, batch 32, length 2048.
 
 Validate shapes and memory without running (any machine, nothing allocated):
-    python -m jaxalign.train --config experiments/genarm_ultrafeedback.py --dry_run
+    python -m jaxalign --config experiments/genarm_ultrafeedback.py --dry_run
 Train on a TPU slice:
-    python -m jaxalign.train --config experiments/genarm_ultrafeedback.py \
+    python -m jaxalign --config experiments/genarm_ultrafeedback.py \
         --config.model.hf_path=/ckpt/tulu-2-7b --config.tokenizer=/ckpt/tulu-2-7b \
         --config.data.train=/data/ultrafeedback_binarized/train_prefs.parquet \
         --config.data.eval=/data/ultrafeedback_binarized/test_prefs.parquet \

@@ -1,7 +1,7 @@
 r"""Bradley-Terry reward model on the generated toy preference set (chosen = positive words).
 
-    python -m jaxalign.reward --config experiments/reward_toy.py:smoke --workdir /tmp/rm_toy
-    python -m jaxalign.reward --config experiments/reward_toy.py --workdir /tmp/rm_toy_full
+    python -m jaxalign --config experiments/reward_toy.py:smoke --workdir /tmp/rm_toy
+    python -m jaxalign --config experiments/reward_toy.py --workdir /tmp/rm_toy_full
 
 `smoke`: a 2-layer Llama of hidden 64 from random init with a score head, 30 steps of batch 16
 (~15 s on 2 CPU cores); held-out pairwise accuracy goes from ~0.5 to ~1.0 on 64 pairs.

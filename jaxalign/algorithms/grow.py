@@ -16,20 +16,31 @@ Output: out_dir/shard-00000-of-00004.jsonl, ...: shard k holds prompts [k * shar
    text: see sampling.completion_text), "prompt_tokens",
    "tokens" (the stop token included), "logprobs" (sampling distribution), "model_logprobs"
    (unmodified policy), "length", "stop_reason" ("stop" | "length"), "score" (with score_fn)}
-A shard is written to a temporary file and renamed when complete (os.replace), so a killed run
-leaves only whole shards; a restarted run skips them. out_dir/grow.json records the settings;
-restarting with different ones is an error (the finished shards would not match).
+A shard is written with `jaxalign.io.write_committed` (the data, then a marker that vouches for
+its bytes; no rename, so object stores work too): a killed run leaves only whole shards and a
+restarted run skips them. out_dir/grow.json records the settings (with the tokenizer's
+fingerprint and the model's vocabulary size: the shards' ids mean nothing under another);
+restarting with different ones is an error naming them (the finished shards would not
+match). `read_shards` reads committed shards only.
+
+Multi-host: every process samples its own slice of each shard's prompts (`Sampler.stream` with
+their global ids) and writes it as its own part, `shard-...jsonl.part-00001-of-00004`, committed
+separately; a shard is done when all its parts are. Process 0 writes grow.json. With one
+process the part is the shard file itself.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
+import jax
 from tqdm.auto import tqdm
 
+from jaxalign import io
 from jaxalign.data.readers import read_examples
 from jaxalign.sampling import Sampler
 
@@ -64,25 +75,37 @@ def _policy(policy, tokenizer, mesh, sampler_kw) -> Sampler:
 
 def _check_settings(out_dir: str, settings: dict) -> None:
     path = os.path.join(out_dir, "grow.json")
-    if os.path.exists(path):
-        with open(path) as fh:
-            old = json.load(fh)
+    if io.is_committed(path):
+        old = io.read_json(path)
         if old != settings:
             diff = {k: (old.get(k), settings.get(k)) for k in set(old) | set(settings)
                     if old.get(k) != settings.get(k)}
             raise ValueError(f"{out_dir} holds a grow run with other settings {diff} "
                              "(was, now): use another out_dir")
         return
-    _write_atomic(path, json.dumps(settings, indent=2) + "\n")
+    if jax.process_index() == 0:
+        io.write_json(path, settings)
 
 
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def tokenizer_fingerprint(tokenizer) -> str | None:
+    """"<size>:<sha256 of the sorted vocabulary>[:12]": records' token ids mean what they mean
+    only under the tokenizer that made them."""
+    if tokenizer is None:
+        return None
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    digest = hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:12]
+    return f"{len(tokenizer)}:{digest}"
+
+
+def part_paths(path: str, count: int | None = None) -> list[str]:
+    """The files of one shard: itself with one process, else one part per process."""
+    count = jax.process_count() if count is None else count
+    return [path] if count == 1 else [f"{path}.part-{p:05d}-of-{count:05d}"
+                                      for p in range(count)]
+
+
+def shard_done(path: str, count: int | None = None) -> bool:
+    return all(io.is_committed(p) for p in part_paths(path, count))
 
 
 def _records(rows: list[dict], out, score_fn: ScoreFn | None) -> list[dict]:
@@ -114,13 +137,15 @@ def _records(rows: list[dict], out, score_fn: ScoreFn | None) -> list[dict]:
 
 def grow(prompts, policy, *, out_dir: str, n: int, tokenizer=None, shard_size: int = 256,
          batch_size: int = 32, score_fn: ScoreFn | None = None, seed: int = 0, mesh=None,
-         progress: bool = True, sampler_kw: dict | None = None, **sampling) -> list[str]:
+         progress: bool = True, sampler_kw: dict | None = None,
+         on_shard: Callable[[str], Any] | None = None, **sampling) -> list[str]:
     """Writes every shard not yet in out_dir; returns the paths of all shards.
 
     policy: a Sampler, a HF checkpoint dir, or (ModelConfig, params) (then pass tokenizer).
     batch_size: prompts per compiled batch (batch_size * n rows). score_fn: see ScoreFn.
     sampling: Sampler.stream arguments (max_new_tokens, temperature, top_p, ...);
     sampler_kw: Sampler arguments when the sampler is built here (max_len, buckets, ...).
+    on_shard: called with a shard's path once it is committed.
     """
     if not (isinstance(shard_size, int) and shard_size >= 1):
         raise ValueError(f"shard_size must be an int >= 1, got {shard_size!r}")
@@ -130,15 +155,19 @@ def grow(prompts, policy, *, out_dir: str, n: int, tokenizer=None, shard_size: i
     sampler = _policy(policy, tokenizer, mesh, sampler_kw or {})
     os.makedirs(out_dir, exist_ok=True)
     _check_settings(out_dir, {"n": n, "seed": seed, "shard_size": shard_size,
-                              "num_prompts": len(rows), "sampling": sampling})
+                              "num_prompts": len(rows), "sampling": sampling,
+                              "tokenizer": tokenizer_fingerprint(sampler.tokenizer),
+                              "vocab_size": sampler.cfg.vocab_size})
     count = -(-len(rows) // shard_size)
     paths = [os.path.join(out_dir, f"shard-{k:05d}-of-{count:05d}.jsonl") for k in range(count)]
-    todo = [k for k in range(count) if not os.path.exists(paths[k])]
+    todo = [k for k in range(count) if not shard_done(paths[k])]
+    me, procs = jax.process_index(), jax.process_count()
     bar = tqdm(total=sum(len(rows[k * shard_size:(k + 1) * shard_size]) for k in todo) * n,
                unit="sample", desc=f"grow {out_dir}", disable=not progress)
     start, tokens = time.perf_counter(), 0
     for k in todo:
         shard = rows[k * shard_size:(k + 1) * shard_size]
+        shard = shard[me * len(shard) // procs:(me + 1) * len(shard) // procs]
         records: list[list[dict]] = [[] for _ in shard]
         for index, out in sampler.stream([r["prompt"] for r in shard], ids=[r["id"] for r in shard],
                                          n=n, seed=seed, batch_size=batch_size, **sampling):
@@ -148,7 +177,9 @@ def grow(prompts, policy, *, out_dir: str, n: int, tokenizer=None, shard_size: i
             tokens += out.num_tokens
             bar.update(len(index) * n)
             bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
-        _write_atomic(paths[k], "".join(json.dumps(r) + "\n" for recs in records for r in recs))
+        io.write_jsonl(part_paths(paths[k])[me], (r for recs in records for r in recs))
+        if on_shard is not None:
+            on_shard(paths[k])
     bar.close()
     return paths
 
@@ -158,9 +189,21 @@ def _group(records: list[dict], n: int) -> list[list[dict]]:
 
 
 def read_shards(paths: Sequence[str]) -> list[dict]:
-    """Every record of the shards, in order."""
+    """Every record of the (committed) shards, in order; a shard that is not: FileNotFoundError."""
     out = []
     for path in paths:
-        with open(path) as fh:
-            out.extend(json.loads(line) for line in fh)
+        parts = next((p for p in (part_paths(path, c) for c in _part_counts(path))
+                      if all(io.is_committed(q) for q in p)), None)
+        if parts is None:
+            raise FileNotFoundError(f"{path}: shard not committed (an unfinished grow run?)")
+        for part in parts:
+            out.extend(io.read_jsonl(part))
     return out
+
+
+def _part_counts(path: str) -> list[int]:
+    """1, then the part counts of `path`'s part files on disk."""
+    d, name = os.path.split(path)
+    counts = {int(f.rsplit("-of-", 1)[1]) for f in os.listdir(d or ".")
+              if f.startswith(name + ".part-") and not f.endswith(io.MARKER)}
+    return [1] + sorted(counts)

@@ -1,6 +1,9 @@
 """DPO end to end from a config: data, model, reference, training loop, export.
 
-Config sections (see experiments/dpo_toy.py for a complete one):
+    python -m jaxalign --config experiments/dpo_toy.py:smoke --workdir /tmp/dpo_toy
+    python -m jaxalign --config experiments/dpo_mistral_ultrafeedback.py --dry_run
+
+Config sections (see experiments/dpo_toy.py for a complete one; `algorithm` "dpo" or "arm"):
   model:     preset (random init) or hf_path (a local Hugging Face checkpoint); dtype overrides
   tokenizer: "toy" or a local tokenizer directory (never remote code)
   data:      train / eval JSONL or Parquet paths (or toy=True), max_length, max_prompt_length,
@@ -24,72 +27,18 @@ import jax
 import numpy as np
 
 from jaxalign import losses
-from jaxalign.algorithms.dpo import (precompute_reference_logps, preference_objective,
-                                     with_reference_logps)
+from jaxalign.algorithms.runner import (Mapped, load_model, load_tokenizer, pair_weight,
+                                        resolve_model_config, toy_data_paths)
 from jaxalign.data import BatchIterator, load_dataset
-from jaxalign.data import toy
-from jaxalign.models import init_params
-from jaxalign.models.hf import load_hf, save_hf
-from jaxalign.models.presets import preset
+from jaxalign.models.hf import save_hf
 from jaxalign.models.transformer import param_logical_axes
+from jaxalign.objectives import (check_columns, precompute_reference_logps, preference_objective,
+                                 with_reference_logps)
 from jaxalign.sharding import make_mesh
 from jaxalign.train import lora
 from jaxalign.train.memory import estimate_training_memory
 from jaxalign.train.optim import make_optimizer
-from jaxalign.train.trainer import LoopConfig, place_params, train
-
-
-class Mapped:
-    """A resumable iterator with a function applied to each batch (state passes through)."""
-
-    def __init__(self, it, fn):
-        self.it, self.fn = it, fn
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return self.fn(next(self.it))
-
-    def state(self):
-        return self.it.state()
-
-    def restore(self, state):
-        self.it.restore(state)
-
-
-def with_weight(batch: dict) -> dict:
-    """1 for a real row, 0 for a padding row (the iterator pads a last partial batch)."""
-    return {**batch, "weight": batch["chosen_mask"].any(-1).astype(np.float32)}
-
-
-def load_tokenizer(spec: str):
-    if spec == "toy":
-        return toy.word_tokenizer()
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(spec, trust_remote_code=False, local_files_only=True)
-
-
-def load_model(mc, seed: int, mesh):
-    overrides = {k: mc[k] for k in ("dtype", "param_dtype", "remat", "scan_layers") if k in mc}
-    if mc.get("hf_path"):
-        return load_hf(mc.hf_path, mesh=mesh, **overrides)
-    cfg = preset(mc.preset, **overrides)
-    if mc.get("vocab_size"):
-        cfg = cfg.replace(vocab_size=mc.vocab_size)
-    if mc.get("initializer_range"):
-        cfg = cfg.replace(initializer_range=mc.initializer_range)
-    params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(seed))
-    return cfg, place_params(params, cfg, mesh)
-
-
-def data_paths(config) -> tuple[str, str]:
-    d = config.data
-    if d.get("toy"):
-        root = os.path.join(config.workdir, "data")
-        return (toy.write_preference_jsonl(os.path.join(root, "train.jsonl"), d.toy_train, 0),
-                toy.write_preference_jsonl(os.path.join(root, "eval.jsonl"), d.toy_eval, 1))
-    return d.train, d.eval
+from jaxalign.train.trainer import LoopConfig, train
 
 
 REFERENCES = ("on_the_fly", "precomputed", "none")
@@ -142,7 +91,7 @@ def build(config):
     if len(tokenizer) > cfg.vocab_size:
         raise ValueError(f"tokenizer {config.tokenizer!r} has {len(tokenizer)} tokens but model "
                          f"vocab_size is {cfg.vocab_size}")
-    train_path, eval_path = data_paths(config)
+    train_path, eval_path = toy_data_paths(config)
     d = config.data
     kw = dict(max_length=d.max_length, max_prompt_length=d.max_prompt_length,
               truncation_mode=d.truncation_mode, on_error=d.on_error)
@@ -155,12 +104,12 @@ def build(config):
     else:
         ref_params = params if lcfg else jax.tree.map(lambda x: x.copy(), params)
     train_it = Mapped(BatchIterator(train_ds, batch_size=d.batch_size, seed=config.seed),
-                      with_weight)
-    eval_batches = [with_weight(b) for b in BatchIterator(
+                      pair_weight)
+    eval_batches = [pair_weight(b) for b in BatchIterator(
         eval_ds, batch_size=d.batch_size, shuffle=False, num_epochs=1)]
     objective_ref = ref_params if config.reference == "on_the_fly" else None
     if config.reference == "precomputed":
-        table_batches = (with_weight(b) for b in BatchIterator(
+        table_batches = (pair_weight(b) for b in BatchIterator(
             train_ds, batch_size=d.batch_size, shuffle=False, num_epochs=1))
         table = precompute_reference_logps(
             cfg, ref_params, table_batches, os.path.join(config.workdir, "ref_logps.npz"))
@@ -169,6 +118,8 @@ def build(config):
                                      loss_kwargs=dict(config.loss.kwargs),
                                      ref_params=objective_ref,
                                      lean_logprobs=config.get("lean_logprobs", False))
+    if eval_batches:  # train batches have the same columns (plus precomputed ref_*_logps)
+        check_columns(objective, eval_batches[0], f"{eval_path} batches")
     train_params, logical_axes = params, None
     if lcfg:
         objective = lora.lora_objective(objective, params, lcfg)
@@ -235,15 +186,7 @@ def dry_run(config) -> dict:
     from jaxalign.models.transformer import param_shapes
     from jaxalign.train.step import init_state, make_train_step
 
-    mc = config.model
-    overrides = {k: mc[k] for k in ("dtype", "param_dtype", "remat", "scan_layers") if k in mc}
-    if mc.get("hf_path"):
-        from jaxalign.models.hf_config import config_from_hf, read_hf_config
-        cfg = config_from_hf(read_hf_config(mc.hf_path), **overrides)
-    else:
-        cfg = preset(mc.preset, **overrides)
-        if mc.get("vocab_size"):
-            cfg = cfg.replace(vocab_size=mc.vocab_size)
+    cfg = resolve_model_config(config.model)
     check_reference(config)
     lcfg = lora_config(config)
     optimizer, _ = make_optimizer(**config.optim)
@@ -267,6 +210,7 @@ def dry_run(config) -> dict:
                                          loss_kwargs=dict(config.loss.kwargs),
                                          ref_params=base if on_the_fly else None,
                                          lean_logprobs=config.get("lean_logprobs", False))
+        check_columns(objective, batch, "the dry run's batch")
         if lcfg:
             objective = lora.lora_objective(objective, base, lcfg)
         return make_train_step(objective, optimizer, config.loop.micro_batches)(state, batch, rng)

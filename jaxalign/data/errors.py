@@ -26,6 +26,12 @@ REASONS = (
     "no_final_assistant",  # a messages list whose last turn is not the assistant's
     "prompt_mismatch",  # chosen and rejected disagree on the prompt
     "tokenization",  # prompt tokens are not a prefix of prompt+completion tokens
+    # Rows of token ids (generated.py) and scalar columns:
+    "empty_prompt",
+    "out_of_vocab",  # a token id outside [0, vocab_size): made with another tokenizer?
+    "too_long",  # longer than max_length (generated rows are never truncated)
+    "non_finite",  # a column value that is NaN or infinite
+    "group_size",  # a group record whose K differs from the dataset's
 )
 
 

@@ -13,7 +13,8 @@ shapes. A last partial batch is filled with padding rows (index -1, masks False)
 drop_remainder.
 
 The dataset needs: kind, pad_id, max_length, lengths (int[N]), __len__, __getitem__
-(`dataset.TokenizedDataset` and `records.RecordSource` both have them).
+(`dataset.TokenizedDataset` and `records.RecordSource` both have them); `columns` (scalar
+columns to batch) and `group_size` (K of kind "group") are read when it has them.
 """
 
 from __future__ import annotations
@@ -101,7 +102,9 @@ class BatchIterator:
         getitems = getattr(self.dataset, "__getitems__", None)  # one read for a batch
         fetched = iter(getitems(valid) if getitems else [self.dataset[i] for i in valid])
         records = [next(fetched) if i >= 0 else None for i in mine]
-        batch = collate(self.dataset.kind, records, mine, length, self.dataset.pad_id)
+        batch = collate(self.dataset.kind, records, mine, length, self.dataset.pad_id,
+                        getattr(self.dataset, "columns", {}),
+                        group_size=getattr(self.dataset, "group_size", None))
         self._position += 1
         if self._position == self.batches_per_epoch:
             self._epoch, self._position = self._epoch + 1, 0

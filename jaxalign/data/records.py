@@ -77,6 +77,9 @@ def write_records(data_dir: str | os.PathLike, splits: Mapping[str, Iterable[dic
     for split, records in splits.items():
         if getattr(records, "kind", kind) != kind:
             raise ValueError(f"split {split!r} holds {records.kind!r} records, not {kind!r}")
+        if getattr(records, "columns", None):  # rather than drop them silently
+            raise ValueError(f"split {split!r} has columns {sorted(records.columns)}; "
+                             "write_records stores token ids only")
     builder = _RecordBuilder(
         name=name, version=version, kind=kind, splits=splits, data_dir=os.fspath(data_dir),
         metadata={"kind": kind, "pad_id": int(pad_id), "max_length": int(max_length)})

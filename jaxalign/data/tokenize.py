@@ -16,7 +16,9 @@ still too long, cut each completion to its first max_length - max_prompt_length 
 One deviation: keep_end keeps a leading BOS (the reference's GPT-2/Pythia had none).
 
 A record is a dict of int32 arrays: {"prompt", "chosen", "rejected"} (preference),
-{"prompt", "completion"} (sft), or {"prompt"} plus "id" (str) for prompts.
+{"prompt", "completion"} (sft), or {"prompt"} plus "id" (str) for prompts; records built from
+generated token ids (generated.py) may also be {"prompt", "completions": [K arrays]} (group)
+and carry scalar columns (batching.py).
 """
 
 from __future__ import annotations
@@ -170,10 +172,12 @@ def tokenize_example(kind: str, ex: dict, enc: Encoder, *, max_length: int = 512
 
 
 def record_length(kind: str, record: dict) -> int:
-    """Tokens in the longest sequence the record makes (the prompt plus its longer completion)."""
+    """Tokens in the longest sequence the record makes (the prompt plus its longest completion)."""
     n = len(record["prompt"])
     if kind == "preference":
         return n + max(len(record["chosen"]), len(record["rejected"]))
     if kind == "sft":
         return n + len(record["completion"])
+    if kind == "group":
+        return n + max(len(c) for c in record["completions"])
     return n

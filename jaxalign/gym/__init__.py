@@ -9,7 +9,10 @@ judges.py    CGPO constraint judges on `jaxalign.reward.Judge`
 oracles.py   Bradley-Terry and intransitive (cyclic) preference oracles; preference JSONL
 proxy.py     a learned reward model on few oracle labels: the reward-hacking target
 evaluate.py  the suite: true reward, MC KL to the reference, win rate, violations, diversity
-frontier.py  the DPO reward-vs-KL frontier (`python -m jaxalign.gym.frontier --config ...`)
+frontier.py  the DPO reward-vs-KL frontier (`python -m jaxalign --config
+             experiments/dpo_frontier.py`)
+genarm.py    GenARM's ARMs and guided decoding (`python -m jaxalign --config
+             experiments/genarm_gym.py`)
 """
 
 from jaxalign.gym.evaluate import EvalConfig, Suite, markdown_table

@@ -23,11 +23,11 @@ import dataclasses
 import jax
 import numpy as np
 
-from jaxalign.algorithms.sft import completion_logps
 from jaxalign.gym import judges as judges_lib
 from jaxalign.gym import language as L
 from jaxalign.gym import oracles, tasks
 from jaxalign.gym.policy import Reference, pack
+from jaxalign.models import completion_logprobs
 from jaxalign.sampling import Sampler
 
 
@@ -58,7 +58,8 @@ class Suite:
         self.is_text = np.array([i < cfg.num_text for i in range(len(self.prompts))])
         self.sampler = Sampler(ref.model_cfg, ref.params, ref.tokenizer, max_len=64)
         self.judges = judges_lib.constraint_judges(max_tokens=cfg.max_new_tokens - 8)
-        self._logps = jax.jit(lambda p, t, m, lm: completion_logps(ref.model_cfg, p, t, m, lm).sum)
+        self._logps = jax.jit(
+            lambda p, t, m, lm: completion_logprobs(ref.model_cfg, p, t, m, lm).sum)
         self.ref_completions = self.sample(ref.params)[0]
 
     def sample(self, params, n: int | None = None, seed: int | None = None):

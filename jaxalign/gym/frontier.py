@@ -1,10 +1,9 @@
 """The DPO reward-vs-KL frontier on the gym (the analogue of the DPO paper's Figure 2).
 
-    python -m jaxalign.gym.frontier --config experiments/dpo_frontier.py:smoke \
-        --workdir results/dpo_frontier
+    python -m jaxalign --config experiments/dpo_frontier.py:smoke --workdir results/dpo_frontier
 
 Reference samples on fresh text prompts are labelled by a Bradley-Terry oracle over the true
-task reward (with label noise); DPO (`jaxalign.algorithms.dpo.preference_objective` through
+task reward (with label noise); DPO (`jaxalign.objectives.preference_objective` through
 `jaxalign.train.trainer.train`) is trained from the reference at each beta; best-of-N sampling
 of the reference (selected by the true reward; KL = log N - (N-1)/N, the usual analytic value)
 is the baseline. Every point goes through the evaluation suite; the run writes `frontier.md`,
@@ -20,12 +19,12 @@ import time
 
 import numpy as np
 
-from jaxalign.algorithms.dpo import preference_objective
-from jaxalign.algorithms.run_dpo import Mapped, with_weight
+from jaxalign.algorithms.runner import Mapped, pair_weight
 from jaxalign.data import BatchIterator
 from jaxalign.gym import oracles, tasks
 from jaxalign.gym.evaluate import EvalConfig, Suite, markdown_table
 from jaxalign.gym.policy import ReferenceConfig, reference_policy
+from jaxalign.objectives import preference_objective
 from jaxalign.train.optim import make_optimizer
 from jaxalign.train.trainer import LoopConfig, train
 
@@ -42,7 +41,7 @@ def train_preference(ref, train_ds, *, loss: str, loss_kwargs: dict, workdir: st
                      batch_size: int, lr: float, seed: int, with_reference: bool = True):
     """A preference loss from the reference's weights (AdamW, 10% warmup, linear decay);
     `with_reference=False` for reference-free losses (GenARM's ARM). Returns the params."""
-    it = Mapped(BatchIterator(train_ds, batch_size=batch_size, seed=seed), with_weight)
+    it = Mapped(BatchIterator(train_ds, batch_size=batch_size, seed=seed), pair_weight)
     objective = preference_objective(ref.model_cfg, loss=loss, loss_kwargs=loss_kwargs,
                                      ref_params=ref.params if with_reference else None)
     optimizer, _ = make_optimizer(optimizer="adamw", lr=lr, warmup_steps=max(steps // 10, 1),
@@ -128,8 +127,3 @@ def plot(rows: list[dict], path: str, task: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-if __name__ == "__main__":
-    from jaxalign.cli import run_from_flags
-    run_from_flags(run)

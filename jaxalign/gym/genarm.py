@@ -1,7 +1,7 @@
 """GenARM on the gym: autoregressive reward models trained on oracle preferences, then guided
 decoding of the frozen reference (Xu et al. 2024; the analogue of its Tables 1-2 and Figure 4).
 
-    python -m jaxalign.gym.genarm --config experiments/genarm_gym.py:smoke --workdir /tmp/genarm
+    python -m jaxalign --config experiments/genarm_gym.py:smoke --workdir /tmp/genarm
 
 1. ARM training: each ARM starts from the reference policy (GenARM initialises it from the SFT
    model) and is trained with the `genarm.arm` loss through the shared train step on pairs of
@@ -29,7 +29,7 @@ import zlib
 import jax
 import numpy as np
 
-from jaxalign.algorithms.run_dpo import with_weight
+from jaxalign.algorithms.runner import pair_weight
 from jaxalign.data import BatchIterator
 from jaxalign.gym import oracles, tasks
 from jaxalign.gym.evaluate import EvalConfig, Suite, completions_of, markdown_table
@@ -58,7 +58,7 @@ def arm_accuracy(cfg, params, ds, batch_size: int = 64) -> float:
     score = jax.jit(lambda p, t, m, lm: arm_rewards(cfg, p, t, m, lm))
     hits, total = 0.0, 0.0
     for b in BatchIterator(ds, batch_size=batch_size, shuffle=False, num_epochs=1):
-        w = with_weight(b)["weight"]
+        w = pair_weight(b)["weight"]
         r_w = np.asarray(score(params, b["chosen_tokens"], b["chosen_mask"],
                                b["chosen_loss_mask"]))
         r_l = np.asarray(score(params, b["rejected_tokens"], b["rejected_mask"],
@@ -196,8 +196,3 @@ def plot(result: dict, workdir: str) -> None:
     fig.tight_layout()
     fig.savefig(os.path.join(workdir, "genarm_pareto.png"))
     plt.close(fig)
-
-
-if __name__ == "__main__":
-    from jaxalign.cli import run_from_flags
-    run_from_flags(run)

@@ -4,7 +4,7 @@
     ref.model_cfg, ref.params, ref.tokenizer, ref.language, ref.metrics
 
 Training goes through the shared loop (`jaxalign.train.trainer.train`) with the SFT objective
-(`jaxalign.algorithms.sft`) on JSONL written by the language and read back by
+(`jaxalign.objectives.sft`) on JSONL written by the language and read back by
 `jaxalign.data.load_dataset("sft", ...)`, as real data would be. The result is cached as a
 Hugging Face checkpoint (plus tokenizer and `gym.json` with the held-out cross-entropy) under
 `<cache_dir>/<hash of the config>`; `cache_dir` defaults to `$JAXALIGN_GYM_CACHE` or
@@ -23,12 +23,12 @@ import time
 import jax
 import numpy as np
 
-from jaxalign.algorithms.run_dpo import Mapped
-from jaxalign.algorithms.sft import completion_logps, sft_objective, token_weight
+from jaxalign.algorithms.runner import Mapped
 from jaxalign.data import BatchIterator, load_dataset
 from jaxalign.gym import language as lang_lib
-from jaxalign.models import ModelConfig, init_params
+from jaxalign.models import ModelConfig, completion_logprobs, init_params
 from jaxalign.models.hf import load_hf, save_hf
+from jaxalign.objectives import sft_objective, token_weight
 from jaxalign.train.optim import make_optimizer
 from jaxalign.train.trainer import LoopConfig, train
 
@@ -100,7 +100,7 @@ def heldout_cross_entropy(model_cfg, params, language, n: int = 2048, seed: int 
     """(policy CE, process NLL) in nats per completion token (EOS included) on n fresh samples."""
     prompts = language.sample_prompts(n, seed)
     completions = language.sample(prompts, seed + 1)
-    fwd = jax.jit(lambda p, t, m, lm: completion_logps(model_cfg, p, t, m, lm).sum)
+    fwd = jax.jit(lambda p, t, m, lm: completion_logprobs(model_cfg, p, t, m, lm).sum)
     total = 0.0
     for i in range(0, n, 256):
         t, m, lm = pack(prompts[i:i + 256], completions[i:i + 256])

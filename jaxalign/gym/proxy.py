@@ -19,12 +19,12 @@ import os
 import jax
 import numpy as np
 
-from jaxalign.algorithms.run_dpo import Mapped, with_weight
+from jaxalign.algorithms.runner import Mapped, pair_weight
 from jaxalign.data import BatchIterator
 from jaxalign.gym import oracles
 from jaxalign.gym.policy import Reference, pack
-from jaxalign.reward import (bradley_terry_objective, init_reward_params, pairwise_accuracy,
-                             reward_logical_axes, reward_scores)
+from jaxalign.objectives import bradley_terry_objective, pairwise_accuracy
+from jaxalign.reward import init_reward_params, reward_logical_axes, reward_scores
 from jaxalign.train.optim import make_optimizer
 from jaxalign.train.trainer import LoopConfig, train
 
@@ -56,7 +56,7 @@ def train_proxy(ref: Reference, oracle, workdir: str, *, num_pairs: int = 256, s
                            seed + 7919)
     cfg = ref.model_cfg
     params = init_reward_params(cfg, jax.random.key(seed), backbone=ref.params)
-    it = Mapped(BatchIterator(train_ds, batch_size=batch_size, seed=seed), with_weight)
+    it = Mapped(BatchIterator(train_ds, batch_size=batch_size, seed=seed), pair_weight)
     optimizer, _ = make_optimizer(optimizer="adamw", lr=lr, warmup_steps=steps // 10,
                                   decay="cosine", total_steps=steps, grad_clip=1.0)
     loop = LoopConfig(workdir=os.path.join(workdir, "run"), total_steps=steps, seed=seed,
@@ -65,7 +65,7 @@ def train_proxy(ref: Reference, oracle, workdir: str, *, num_pairs: int = 256, s
     state = train(loop, objective=bradley_terry_objective(cfg), optimizer=optimizer,
                   params=params, model_cfg=cfg, train_iter=it,
                   logical_axes=reward_logical_axes(cfg))
-    eval_batches = [with_weight(b) for b in BatchIterator(
+    eval_batches = [pair_weight(b) for b in BatchIterator(
         eval_ds, batch_size=batch_size, shuffle=False, num_epochs=1)]
     params = state.params
     return Proxy(cfg, params, pairwise_accuracy(cfg, params, eval_batches), len(train_ds))

@@ -1,6 +1,10 @@
-"""Flax decoder LMs (Llama 2/3, Mistral, Qwen2, GPT-2) and Hugging Face weight mapping."""
+"""Flax decoder LMs (Llama 2/3, Mistral, Qwen2, GPT-2) and Hugging Face weight mapping.
+
+logprobs.py  a completion's token and summed log-probs under a model (the one copy)
+"""
 
 from jaxalign.models.config import ModelConfig, RopeScaling
+from jaxalign.models.logprobs import completion_logprobs, completion_token_logprobs
 from jaxalign.models.transformer import (
     KVCache, Transformer, attention_mask, candidate_mask, commit_candidate, init_cache,
     init_params, param_logical_axes, param_shapes, positions_from_mask, split_layers, stack_layers,
@@ -8,6 +12,7 @@ from jaxalign.models.transformer import (
 
 __all__ = [
     "KVCache", "ModelConfig", "RopeScaling", "Transformer", "attention_mask", "candidate_mask",
-    "commit_candidate", "init_cache", "init_params", "param_logical_axes",
-    "param_shapes", "positions_from_mask", "split_layers", "stack_layers", "unembedding",
+    "commit_candidate", "completion_logprobs", "completion_token_logprobs", "init_cache",
+    "init_params", "param_logical_axes", "param_shapes", "positions_from_mask", "split_layers",
+    "stack_layers", "unembedding",
 ]

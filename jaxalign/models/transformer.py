@@ -26,6 +26,8 @@ kept with `commit_candidate` (a per-row copy of its keys and values, no second f
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import flax.struct
 import jax
@@ -264,6 +266,13 @@ def init_params(cfg: ModelConfig, rng: jax.Array):
 
 def param_logical_axes(cfg: ModelConfig):
     """Pytree matching the params: a tuple of logical axis names per leaf."""
+    return jax.tree.map(lambda x: x, _param_logical_axes(cfg),  # a fresh tree of the cached
+                        is_leaf=lambda x: isinstance(x, tuple))
+
+
+@functools.lru_cache(maxsize=64)
+def _param_logical_axes(cfg: ModelConfig):
+    """One trace of `init` per config (it takes ~1 s for a 2-layer model)."""
     tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
     boxed = jax.eval_shape(
         lambda t: Transformer(cfg).init(jax.random.key(0), t, t, jnp.ones((1, 1), bool)),

@@ -1,11 +1,10 @@
-"""Reward models, preference models and judges (they use `models/`; `algorithms/` uses them).
+"""Reward models, preference models and judges (they use `models/` and `sampling/`; the
+objectives (`jaxalign.objectives.bradley_terry` trains `model.py`) and loops above use them).
 
 arm.py         GenARM's autoregressive reward model (a causal LM; token log-probs as rewards)
 args.py        ARGS decoding with the scalar reward model (`ArgsSampler`, a GenARM baseline)
 model.py       the scalar reward model: decoder + `score` head at the last real token
 hf.py          HF `*ForSequenceClassification` import/export (Llama, Mistral, Qwen2, GPT-2)
-train.py       Bradley-Terry loss and objective for the shared train step; held-out accuracy
-run.py         reward-model training from a config (`python -m jaxalign.reward --config ...`)
 batched.py     a jitted forward over many sequences: length buckets, sharded over the mesh
 scoring.py     RewardScorer (a grow step's score_fn) and ReST / CGPO normalisations
 probe.py       next-token log-probs of designated tokens (the read-out of LLM judges)
@@ -26,14 +25,13 @@ from jaxalign.reward.preference import (PairwiseJudge, ScorePreferenceModel,
 from jaxalign.reward.probe import TokenProbe, next_token_logprobs
 from jaxalign.reward.scoring import (RewardScorer, calibrated, make_score_fn, percentile_rank,
                                      sigmoid_scale)
-from jaxalign.reward.train import bradley_terry_loss, bradley_terry_objective, pairwise_accuracy
 
 __all__ = [
-    "ARM", "ArgsSampler", "ScalarRewardStep", "BatchedForward", "arm_rewards", "arm_token_rewards", "Judge", "JudgeError", "LLMJudge", "MixtureOfJudges", "MixtureVerdicts",
-    "PairwiseJudge", "RegexAnswerJudge", "RewardScorer", "ScorePreferenceModel", "TokenProbe",
-    "Verdicts", "backbone_config", "bradley_terry_loss", "bradley_terry_objective",
-    "bt_preference_matrix", "calibrated", "check_verdicts", "init_reward_params",
-    "last_token_index", "load_reward_hf", "make_score_fn", "next_token_logprobs",
-    "order_averaged", "pairwise_accuracy", "percentile_rank", "reward_logical_axes",
+    "ARM", "ArgsSampler", "BatchedForward", "Judge", "JudgeError", "LLMJudge", "MixtureOfJudges",
+    "MixtureVerdicts", "PairwiseJudge", "RegexAnswerJudge", "RewardScorer", "ScalarRewardStep",
+    "ScorePreferenceModel", "TokenProbe", "Verdicts", "arm_rewards", "arm_token_rewards",
+    "backbone_config", "bt_preference_matrix", "calibrated", "check_verdicts",
+    "init_reward_params", "last_token_index", "load_reward_hf", "make_score_fn",
+    "next_token_logprobs", "order_averaged", "percentile_rank", "reward_logical_axes",
     "reward_param_shapes", "reward_scores", "save_reward_hf", "sigmoid_scale",
 ]

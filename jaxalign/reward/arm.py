@@ -10,14 +10,14 @@ initialises it, `save_hf` exports it, LoRA (`jaxalign.train.lora`) adapts it, an
 runs it as a guide with its own KV cache. Its reward is `r(x, y) = sum_t log pi_r(y_t | x, y_<t)`
 (summed over the completion, no reference model, no length normalisation).
 
-Training is the preference step of `jaxalign.algorithms` with the `genarm.arm` loss of the loss
-library, `-log sigma(beta_r (r(x, y_w) - r(x, y_l)) - gamma)`:
+Training is the preference objective of `jaxalign.objectives` with the `genarm.arm` loss of the
+loss library, `-log sigma(beta_r (r(x, y_w) - r(x, y_l)) - gamma)`:
 
     objective = preference_objective(cfg, loss="genarm.arm", loss_kwargs={"beta": beta_r})
 
-(`python -m jaxalign.train --config experiments/genarm_hh_rlhf.py` at paper scale), whose summed
-log-probs are exactly `arm_rewards` (a test checks it). Guided decoding samples from
-`pi_base * pi_r^alpha` per token, alpha = 1 / beta_r by default:
+(`python -m jaxalign --config experiments/genarm_hh_rlhf.py` at paper scale), whose summed
+log-probs are exactly `arm_rewards` (a test checks it; both come from `jaxalign.models.logprobs`).
+Guided decoding samples from `pi_base * pi_r^alpha` per token, alpha = 1 / beta_r by default:
 
     Sampler(base_cfg, base_params, tok, guides=[GuideModel(cfg, arm_params, weight=1 / beta_r)])
 """
@@ -27,8 +27,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-from jaxalign import losses
-from jaxalign.models import ModelConfig, Transformer, positions_from_mask
+from jaxalign.models import ModelConfig, Transformer, completion_token_logprobs
 
 
 class ARM(Transformer):
@@ -40,10 +39,10 @@ class ARM(Transformer):
         (a completion token with a real token before it), else 0. Padding may be on either side.
         """
         mask_BxT = mask_BxT.astype(bool)
-        logits_BxTxV, _, _ = self(tokens_BxT, positions_from_mask(mask_BxT), mask_BxT)
-        token_lp, tmask = losses.shifted_token_logprobs(
-            tokens_BxT=tokens_BxT, logits_BxTxV=logits_BxTxV,
-            completion_mask_BxT=completion_mask_BxT.astype(bool) & mask_BxT)
+        # the shared forward of every completion log-prob, on this module's own params
+        token_lp, tmask = completion_token_logprobs(
+            self.cfg, self.variables["params"], tokens_BxT, mask_BxT,
+            completion_mask_BxT.astype(bool) & mask_BxT)
         # token_lp[:, t] scores tokens[:, t + 1]: put each reward on the token it scores
         r_BxT = jnp.pad(token_lp, ((0, 0), (1, 0)))
         return jnp.where(jnp.pad(tmask, ((0, 0), (1, 0))), r_BxT, 0.0)

@@ -72,6 +72,13 @@ class GuideModel:
     tokenizer: Any = None
 
 
+@functools.lru_cache(maxsize=16)
+def _decode_layout(cfg: ModelConfig):
+    """The jitted `loop.decode_layout` of a config, made once: `set_params` then neither
+    retraces nor recompiles."""
+    return jax.jit(functools.partial(loop.decode_layout, cfg))
+
+
 def _cfg(model) -> ModelConfig:
     return model.cfg if isinstance(model, Transformer) else model
 
@@ -235,7 +242,7 @@ class Sampler:
         """Params on the mesh (logical shardings), in the decode layout (`loop.decode_layout`)."""
         shardings = shd.tree_shardings(param_logical_axes(cfg), params, self.mesh)
         params = jax.tree.map(lambda x, s: jax.device_put(x, s), params, shardings)
-        return jax.jit(functools.partial(loop.decode_layout, cfg))(params)
+        return _decode_layout(cfg)(params)
 
     def set_params(self, params) -> None:
         """New policy weights (e.g. after an RL iteration); compiled programs are reused."""

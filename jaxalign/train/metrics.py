@@ -17,6 +17,24 @@ class MetricWriter:
             from tensorboardX import SummaryWriter
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
+    def rewind(self, step: int) -> None:
+        """Keeps only the JSONL rows of steps <= `step` (and drops a torn last line): a run
+        resumed from the checkpoint of `step` then logs every later step exactly once."""
+        path = self._jsonl.name
+        self._jsonl.close()
+        keep = []
+        with open(path) as fh:
+            for line in fh:
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    continue
+                if row.get("step", 0) <= step:
+                    keep.append(line if line.endswith("\n") else line + "\n")
+        with open(path, "w") as fh:
+            fh.writelines(keep)
+        self._jsonl = open(path, "a")
+
     def write(self, step: int, metrics: dict, prefix: str = "train") -> None:
         row = {f"{prefix}/{k}": float(np.asarray(v)) for k, v in metrics.items()}
         self._jsonl.write(json.dumps({"step": int(step), **row}) + "\n")

@@ -1,7 +1,12 @@
 """The training loop shared by every algorithm: resume, step, evaluate, log, checkpoint.
 
-`train(...)` takes an objective (see `jaxalign.train.step`), initial params, a resumable batch
-iterator (`next(it)`, `it.state()`, `it.restore(state)`) and the loop settings.
+`Trainer` holds the parts (restore / step / evaluate / save) for loops that interleave training
+with other work (the iteration driver of `jaxalign.algorithms`); `train(...)` is the plain loop
+over them:
+
+    state = train(loop, objective=objective, optimizer=optimizer, params=params,
+                  model_cfg=cfg, train_iter=it, eval_batches=batches)
+
 It restores the latest checkpoint of `workdir` if there is one, so an interrupted run started
 again with the same command continues exactly where it stopped: parameters, optimizer state,
 step and data position all come back, and the step's rng is `fold_in(seed, step)`.
@@ -49,103 +54,188 @@ def _tokens(batch: dict) -> int:
                    and "loss" not in k))
 
 
-def train(loop: LoopConfig, *, objective, optimizer, params, model_cfg, train_iter,
-          eval_batches: Iterable[dict] = (), mesh=None, meta: dict | None = None,
-          on_step: Callable[[int], Any] | None = None, logical_axes=None) -> TrainState:
-    """Runs (or resumes) to `loop.total_steps`; returns the final state.
+class Trainer:
+    """One training run's state, compiled step, checkpoints and metrics, driven step by step.
 
+    `evaluate_fn(params) -> {name: float}`: extra held-out metrics computed on the host (e.g.
+    a reward model's score of samples on held-out prompts), logged under `eval/` beside the
+    objective's metrics on `eval_batches`, and usable as `loop.best_metric`.
     `logical_axes`: a tree of logical axis-name tuples matching `params`, for param trees that
     are not a plain LM of `model_cfg` (a reward model with a head, LoRA adapters, ...).
+    Use as a context manager (or call `close()`): it waits for asynchronous saves.
     """
-    mesh = mesh or shd.make_mesh(data=-1)
-    batch_spec = shd.batch_sharding(mesh)
-    params = place_params(params, model_cfg, mesh, logical_axes)
-    state = jax.jit(lambda p: init_state(p, optimizer))(params)
-    state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    step_fn = compile_step(make_train_step(objective, optimizer, loop.micro_batches),
-                           state_shardings, None, mesh)
-    eval_fn = jax.jit(lambda p, b, r: eval_metrics(objective, p, b, r))
-    ckpt = Checkpointer(os.path.join(loop.workdir, "checkpoints"), model_cfg,
-                        keep=loop.keep_checkpoints, async_save=loop.async_checkpoints,
-                        best_metric=loop.best_metric)
-    if ckpt.latest_step() is not None:
-        state, data_state, _ = ckpt.restore(abstract_like(state))
-        train_iter.restore(data_state)
-    writer = MetricWriter(loop.workdir)
-    rng = jax.random.key(loop.seed)
-    put = lambda b: jax.tree.map(lambda x: jax.device_put(  # noqa: E731
-        x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
-            batch_spec.spec[0], *([None] * (np.ndim(x) - 1))))), b)
 
-    stop = {"sigterm": False}
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(sigterm=True))
-    start = int(state.step)
-    bar = tqdm(total=loop.total_steps, initial=start, disable=not loop.progress_bar,
-               dynamic_ncols=True)
-    pending = None  # (step, metrics on device, host batch, tokens, t0): read one step behind
+    def __init__(self, loop: LoopConfig, *, objective, optimizer, params, model_cfg, mesh=None,
+                 meta: dict | None = None, logical_axes=None, eval_batches: Iterable[dict] = (),
+                 evaluate_fn: Callable[[Any], dict] | None = None):
+        self.loop, self.meta = loop, meta
+        self.mesh = mesh or shd.make_mesh(data=-1)
+        self._row_spec = shd.batch_sharding(self.mesh).spec[0]
+        params = place_params(params, model_cfg, self.mesh, logical_axes)
+        self.state = jax.jit(lambda p: init_state(p, optimizer))(params)
+        shardings = jax.tree.map(lambda x: x.sharding, self.state)
+        self._step = compile_step(make_train_step(objective, optimizer, loop.micro_batches),
+                                  shardings, None, self.mesh)
+        self._eval = jax.jit(lambda p, b, r: eval_metrics(objective, p, b, r))
+        self.eval_batches, self.evaluate_fn = eval_batches, evaluate_fn
+        self.ckpt = Checkpointer(os.path.join(loop.workdir, "checkpoints"), model_cfg,
+                                 keep=loop.keep_checkpoints, async_save=loop.async_checkpoints,
+                                 best_metric=loop.best_metric)
+        self.writer = MetricWriter(loop.workdir)
+        self.rng = jax.random.key(loop.seed)
+        self.sigterm = False
+        self._previous_handler = signal.signal(
+            signal.SIGTERM, lambda *_: setattr(self, "sigterm", True))
+        self._pending = None  # (step, metrics on device, host batch, tokens, t0): read one behind
+        self._bar = None
 
-    def finish(p):
-        step, metrics, host_batch, ntok, t0 = p
+    # ---- resume ----
+    def restore(self, data_iter=None) -> int:
+        """Restores the latest checkpoint (and the iterator's position); returns its step."""
+        if self.ckpt.latest_step() is not None:
+            self.state, data_state, _ = self.ckpt.restore(abstract_like(self.state))
+            if data_iter is not None:
+                data_iter.restore(data_state)
+        step = int(self.state.step)
+        self.writer.rewind(step)  # drop the rows a killed run logged after its last checkpoint
+        return step
+
+    def restore_best(self):
+        """The params of the best checkpoint (by `loop.best_metric`); the last state's without
+        one."""
+        if self.ckpt.best is None or self.ckpt.best.latest_step() is None:
+            return self.state.params
+        self.ckpt.wait()
+        state, _, _ = self.ckpt.restore(abstract_like(self.state), which="best")
+        return state.params
+
+    @property
+    def params(self):
+        return self.state.params
+
+    # ---- step ----
+    def _put(self, batch: dict) -> dict:
+        spec = lambda x: jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(  # noqa: E731
+            self._row_spec, *([None] * (np.ndim(x) - 1))))
+        return jax.tree.map(lambda x: jax.device_put(x, spec(x)), batch)
+
+    def step(self, host_batch: dict) -> None:
+        """Dispatches one update; the previous step's metrics are read back meanwhile."""
+        step = int(self.state.step) + 1 if self._pending is None else self._pending[0] + 1
+        t0 = time.perf_counter()
+        self.state, metrics = self._step(self.state, self._put(host_batch), self.rng)
+        self.flush()
+        self._pending = (step, metrics, host_batch, _tokens(host_batch), t0)
+
+    def flush(self) -> dict | None:
+        """Reads back the pending step's metrics (a non-finite loss raises); returns them."""
+        if self._pending is None:
+            return None
+        step, metrics, host_batch, ntok, t0 = self._pending
+        self._pending = None
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not np.isfinite(m["loss"]):
-            path = os.path.join(loop.workdir, f"nonfinite_batch_step{step}.npz")
-            np.savez(path, **host_batch)
+            path = os.path.join(self.loop.workdir, f"nonfinite_batch_step{step}.npz")
+            np.savez(path, **{k: v for k, v in host_batch.items() if np.asarray(v).dtype != object})
             raise FloatingPointError(f"step {step}: loss is {m['loss']}; batch saved to {path};"
                                      " the last checkpoint holds the last finite state")
         m["tokens_per_s"] = ntok / max(time.perf_counter() - t0, 1e-9)
-        if step % loop.log_every == 0 or step == loop.total_steps:
-            writer.write(step, m)
-        bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m.get('reward_accuracy', float('nan')):.3f}",
-                        tok_s=f"{m['tokens_per_s']:.0f}", refresh=False)
-        bar.update(1)
+        if step % self.loop.log_every == 0 or step == self.loop.total_steps:
+            self.writer.write(step, m)
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{m['tokens_per_s']:.0f}",
+                                  refresh=False)
+            self._bar.update(1)
+        return m
 
-    def evaluate(step):
-        batches = list(eval_batches)
-        if not batches:
-            return None
+    # ---- evaluate / save ----
+    def evaluate(self, step: int) -> dict | None:
+        """Weighted means of the objective's metrics over `eval_batches`, plus `evaluate_fn`'s;
+        written under eval/ and returned as {"eval/<name>": value} (None when there is none)."""
         sums, total = {}, 0.0
-        for b in batches:
-            m = jax.device_get(eval_fn(state.params, put(b), rng))
+        for b in self.eval_batches:
+            m = jax.device_get(self._eval(self.state.params, self._put(b), self.rng))
             w = float(m.pop("examples"))
             total += w
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + w * float(v)
         out = {k: v / max(total, 1e-9) for k, v in sums.items()}
-        writer.write(step, out, prefix="eval")
+        if self.evaluate_fn is not None:
+            out.update({k: float(v) for k, v in self.evaluate_fn(self.state.params).items()})
+        if not out:
+            return None
+        self.writer.write(step, out, prefix="eval")
         return {f"eval/{k}": v for k, v in out.items()}
 
-    try:
-        if start == 0:
-            evaluate(0)  # the baseline every curve starts from
-        for step in range(start + 1, loop.total_steps + 1):
-            host_batch = next(train_iter)
-            t0 = time.perf_counter()
-            state, metrics = step_fn(state, put(host_batch), rng)
-            if pending is not None:
-                finish(pending)
-            pending = (step, metrics, host_batch, _tokens(host_batch), t0)
-            at_ckpt = step % loop.checkpoint_every == 0 or step == loop.total_steps
-            if at_ckpt or stop["sigterm"]:
-                finish(pending)  # only finite states are checkpointed
-                pending = None
-                ckpt.save(step, state, train_iter.state(), meta, force=True)
-            if loop.eval_every and step % loop.eval_every == 0 or step == loop.total_steps:
-                ev = evaluate(step)
-                if ev and loop.best_metric:
-                    ckpt.save_best(step, state, ev, train_iter.state(), meta)
-            if on_step is not None:
-                on_step(step)
-            if stop["sigterm"]:
-                break
-        if pending is not None:
-            finish(pending)
-    finally:
-        ckpt.wait()
-        ckpt.close()
-        writer.close()
-        bar.close()
-        signal.signal(signal.SIGTERM, previous)
-    return state
+    def save(self, data_state: dict | None = None) -> None:
+        """Checkpoints the state after reading back the pending step (only finite states)."""
+        self.flush()
+        self.ckpt.save(int(self.state.step), self.state, data_state, self.meta, force=True)
+
+    def save_best(self, metrics: dict | None, data_state: dict | None = None) -> None:
+        """Offers the state to the best checkpoint (by `loop.best_metric`); a step it already
+        holds (a resumed run repeating it, with the same state) is skipped."""
+        step = int(self.state.step)
+        if not (metrics and self.loop.best_metric) or step in self.ckpt.best.all_steps():
+            return
+        self.ckpt.save_best(step, self.state, metrics, data_state, self.meta)
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self.ckpt.wait()
+            self.ckpt.close()
+            self.writer.close()
+            if self._bar is not None:
+                self._bar.close()
+            signal.signal(signal.SIGTERM, self._previous_handler)
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def progress(self, start: int) -> None:
+        self._bar = tqdm(total=self.loop.total_steps, initial=start,
+                         disable=not self.loop.progress_bar, dynamic_ncols=True)
+
+
+def train(loop: LoopConfig, *, objective, optimizer, params, model_cfg, train_iter,
+          eval_batches: Iterable[dict] = (), mesh=None, meta: dict | None = None,
+          on_step: Callable[[int], Any] | None = None, logical_axes=None,
+          evaluate_fn: Callable[[Any], dict] | None = None) -> TrainState:
+    """Runs (or resumes) to `loop.total_steps`; returns the final state. Arguments as Trainer;
+    `train_iter` is a resumable batch iterator (`next(it)`, `it.state()`, `it.restore(state)`)."""
+    with Trainer(loop, objective=objective, optimizer=optimizer, params=params,
+                 model_cfg=model_cfg, mesh=mesh, meta=meta, logical_axes=logical_axes,
+                 eval_batches=list(eval_batches), evaluate_fn=evaluate_fn) as t:
+        run_loop(t, train_iter, on_step)
+        return t.state
+
+
+def run_loop(t: Trainer, train_iter, on_step: Callable[[int], Any] | None = None) -> None:
+    """The loop of `train`: restore, evaluate at 0, step, checkpoint, evaluate (keeping the best
+    by `loop.best_metric`), stop on SIGTERM after a checkpoint."""
+    loop = t.loop
+    start = t.restore(train_iter)
+    t.progress(start)
+    if start == 0:
+        t.evaluate(0)  # the baseline every curve starts from
+    for step in range(start + 1, loop.total_steps + 1):
+        t.step(next(train_iter))
+        # evaluate before saving `last`: a run killed in between repeats the evaluation, so
+        # the best checkpoint never misses one (save_best skips a step it already holds)
+        if loop.eval_every and step % loop.eval_every == 0 or step == loop.total_steps:
+            t.flush()
+            t.save_best(t.evaluate(step), train_iter.state())
+        if step % loop.checkpoint_every == 0 or step == loop.total_steps or t.sigterm:
+            t.save(train_iter.state())
+        if on_step is not None:
+            on_step(step)
+        if t.sigterm:
+            break
 
 
 def place_params(params, model_cfg, mesh, logical_axes=None):

@@ -1,13 +1,13 @@
 import os
 
-from jaxalign.gym import frontier
 from experiments import dpo_frontier
+from jaxalign.main import run_config
 
 
 def _run(workdir, cache):
     c = dpo_frontier.get_config("smoke")
     c.workdir, c.cache_dir = str(workdir), cache
-    rows = frontier.run(c)
+    rows = run_config(c)  # the entry point's dispatch: algorithm "dpo_frontier"
     return rows, open(os.path.join(workdir, "frontier.md")).read()
 
 

@@ -6,13 +6,13 @@ import os
 import numpy as np
 
 from experiments import genarm_gym
-from jaxalign.gym import genarm
+from jaxalign.main import run_config
 
 
 def test_smoke_genarm_guides_the_reference(ref, ref_cache, tmp_path):
     c = genarm_gym.get_config("smoke")
     c.workdir, c.cache_dir = str(tmp_path), ref_cache
-    result = genarm.run(c)
+    result = run_config(c)  # the entry point's dispatch: algorithm "genarm_gym"
     for name in ("genarm.md", "genarm.json", "genarm_guided.png", "genarm_pareto.png"):
         assert os.path.getsize(tmp_path / name) > 500, name
 

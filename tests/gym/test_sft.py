@@ -1,9 +1,9 @@
 import jax
 import numpy as np
 
-from jaxalign.algorithms.sft import sft_objective, token_weight
 from jaxalign.gym.policy import ReferenceConfig, pack
 from jaxalign.models import Transformer, init_params, positions_from_mask
+from jaxalign.objectives import sft_objective, token_weight
 
 
 def test_sft_loss_is_token_cross_entropy_by_hand():

@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxalign.algorithms.dpo import preference_objective
 from jaxalign.models import Transformer, init_params, param_shapes
 from jaxalign.models.hf import load_hf, save_hf
 from jaxalign.models.presets import preset
+from jaxalign.objectives import preference_objective
 from jaxalign.reward.arm import ARM, arm_rewards, arm_token_rewards
 
 CFG = preset("bench-tiny").replace(vocab_size=32, initializer_range=0.3)

@@ -6,10 +6,11 @@ import numpy as np
 from jax.test_util import check_grads
 
 from experiments import reward_toy
+from jaxalign.main import run_config
 from jaxalign.models import ModelConfig
-from jaxalign.reward import (bradley_terry_loss, bradley_terry_objective, init_reward_params,
-                             last_token_index, reward_logical_axes, reward_param_shapes,
-                             reward_scores)
+from jaxalign.objectives import bradley_terry_loss, bradley_terry_objective
+from jaxalign.reward import (init_reward_params, last_token_index, reward_logical_axes,
+                             reward_param_shapes, reward_scores)
 
 CFG = ModelConfig(family="llama", vocab_size=32, hidden_size=32, num_layers=2, num_heads=4,
                   num_kv_heads=2, intermediate_size=64, initializer_range=0.3, pad_token_id=0)
@@ -87,11 +88,10 @@ def test_objective_reads_the_batch_margin():
 
 
 def test_bradley_terry_training_on_the_toy_set(tmp_path):
-    from jaxalign.reward import run
     config = reward_toy.get_config("smoke")
     config.workdir = str(tmp_path)
     config.loop.progress_bar = False
-    out = run.run(config)
+    out = run_config(config)  # the entry point's dispatch: algorithm "reward_bt"
     print(f"held-out pairwise accuracy {out['initial_eval_accuracy']:.3f} -> "
           f"{out['eval_accuracy']:.3f}")
     assert out["eval_accuracy"] >= 0.9

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from jaxalign.algorithms.grow import grow, read_shards
+from jaxalign.io import is_committed
 from jaxalign.data import DataError
 
 WORDS = "the cat dog sat on mat ran fast red blue one two three hello world how are you".split()
@@ -70,17 +71,22 @@ def test_killed_run_restarts_to_the_same_records(reference, prompts_file, llama_
     proc = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while not (os.path.isdir(out) and any(f.startswith("shard") and f.endswith(".jsonl")
+    while not (os.path.isdir(out) and any(f.startswith("shard") and f.endswith(".jsonl.commit")
                                           for f in os.listdir(out))):
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         assert time.time() < deadline
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = sorted(f for f in os.listdir(out) if f.endswith(".jsonl"))
+    done = sorted(f for f in os.listdir(out) if f.endswith(".jsonl")
+                  and is_committed(os.path.join(out, f)))
     assert 1 <= len(done) < 6  # killed mid-run
-    for f in done:  # only whole shards: every line a full record
+    for f in done:  # committed shards are whole: every line a full record
         assert len(read_shards([os.path.join(out, f)])) in (4, 2)
+    torn = os.path.join(out, done[0])  # a shard whose bytes no longer match its marker
+    with open(torn, "a") as fh:
+        fh.write('{"id": "torn"')
+    assert not is_committed(torn)
 
     paths = grow(prompts_file, llama_dir, out_dir=out, score_fn=score, progress=False, **SETTINGS)
     got = read_shards(paths)

@@ -15,8 +15,8 @@ if __name__ == "__main__":
 import jax
 import numpy as np
 
-from jaxalign.algorithms.dpo import preference_objective
 from jaxalign.models import init_params
+from jaxalign.objectives import preference_objective
 from jaxalign.train.optim import make_optimizer
 from jaxalign.train.trainer import LoopConfig, train
 from tests.train.batches import TINY, preference_batch

@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _cli(*args):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    return subprocess.run([sys.executable, "-m", "jaxalign.train", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "jaxalign", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
 
 

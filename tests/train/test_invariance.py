@@ -4,9 +4,9 @@ precomputed or on-the-fly reference log-probs."""
 import jax
 import numpy as np
 
-from jaxalign.algorithms.dpo import (precompute_reference_logps, preference_objective,
-                                     with_reference_logps)
 from jaxalign.models import init_params
+from jaxalign.objectives import (precompute_reference_logps, preference_objective,
+                                 with_reference_logps)
 from jaxalign.sharding import make_mesh
 from jaxalign.train.metrics import read_jsonl
 from tests.train.batches import TINY, preference_batch

@@ -12,9 +12,9 @@ from jax.test_util import check_grads
 
 from experiments import dpo_mistral_ultrafeedback, dpo_toy
 from jaxalign.algorithms import run_dpo
-from jaxalign.algorithms.dpo import preference_objective
 from jaxalign.models import Transformer, init_params, positions_from_mask
 from jaxalign.models.hf import load_hf, save_hf
+from jaxalign.objectives import preference_objective
 from jaxalign.sharding import make_mesh
 from jaxalign.train.lora import (LoraConfig, init_lora, lora_logical_axes, lora_objective,
                                  merge, param_count)
@@ -233,7 +233,7 @@ def test_runner_lora_reference_free_and_export(tmp_path):
 
 
 def test_lora_section_takes_command_line_overrides():
-    from jaxalign.train.__main__ import check_overrides
+    from jaxalign.main import check_overrides
     check_overrides(["--config=experiments/dpo_toy.py:smoke", "--config.lora.rank=8",
                      "--config.lora.targets=q,v", "--config.reference=none"])
     config = dpo_toy.get_config("smoke")

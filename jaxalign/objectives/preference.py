@@ -1,12 +1,16 @@
-"""DPO-family training: the preference objective and reference log-prob precomputation.
+"""Preference objectives (the DPO family, GenARM's ARM) and reference log-prob precomputation.
+
+    objective = preference_objective(cfg, loss="dpo.sigmoid", loss_kwargs={"beta": 0.1},
+                                     ref_params=ref_params)     # reference on the fly
+    state = train(loop, objective=objective, ...)               # jaxalign.train.trainer
 
 The objective runs chosen and rejected through the policy in one concatenated forward pass,
-takes sequence log-probs with `jaxalign.losses` (completion tokens only), and applies any
-pairwise loss of the registry (`dpo.sigmoid`, `dpo.ipo`, `dpo.simpo`, ...). The reference
-policy is either closed over as frozen params (its forward is wrapped in `stop_gradient` and its
-params are not an argument of the differentiated function) or replaced by log-probs precomputed
-once (`precompute_reference_logps`) and carried in the batch as `ref_chosen_logps` /
-`ref_rejected_logps`.
+takes their summed log-probs with `jaxalign.models.completion_logprobs` (completion tokens
+only), and applies any pairwise loss of the registry (`dpo.sigmoid`, `dpo.ipo`, `dpo.simpo`,
+`genarm.arm`, ...). The reference policy is either closed over as frozen params (its forward is
+wrapped in `stop_gradient` and its params are not an argument of the differentiated function)
+or replaced by log-probs precomputed once (`precompute_reference_logps`) and carried in the
+batch as `ref_chosen_logps` / `ref_rejected_logps` (`with_reference_logps`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxalign import losses
-from jaxalign.models import Transformer, positions_from_mask, unembedding
+from jaxalign.models import completion_logprobs
+from jaxalign.objectives.columns import reads
+
+PAIR_COLUMNS = ("chosen_tokens", "chosen_mask", "chosen_loss_mask", "rejected_tokens",
+                "rejected_mask", "rejected_loss_mask")
+REFERENCE_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
 
 def _pair(batch: dict):
@@ -26,46 +35,34 @@ def _pair(batch: dict):
     return cat("tokens"), cat("mask"), cat("loss_mask")
 
 
-def sequence_logps(model_cfg, params, tokens_BxT, mask_BxT, loss_mask_BxT, *, lean: bool = False):
-    """Summed log-probs and completion lengths [B] of the completion tokens."""
-    model = Transformer(model_cfg)
-    positions = positions_from_mask(mask_BxT)
-    logits, _, hidden = model.apply({"params": params}, tokens_BxT, positions, mask_BxT,
-                                    return_logits=not lean)
-    if lean:  # never materialises [B, T, V]
-        token_lp, tmask = losses.shifted_token_logprobs_from_hidden(
-            tokens_BxT=tokens_BxT, hidden_BxTxD=hidden,
-            unembed_DxV=unembedding(model_cfg, params), completion_mask_BxT=loss_mask_BxT)
-    else:
-        token_lp, tmask = losses.shifted_token_logprobs(
-            tokens_BxT=tokens_BxT, logits_BxTxV=logits, completion_mask_BxT=loss_mask_BxT)
-    seq = losses.sequence_logprobs(token_logps_BxT=token_lp, mask_BxT=tmask)
-    return seq.sum, seq.length
-
-
 def preference_objective(model_cfg, *, loss: str = "dpo.sigmoid", loss_kwargs: dict | None = None,
                          ref_params=None, lean_logprobs: bool = False):
-    """objective(params, batch, rng) -> (loss_B, weight_B, metrics) for the train step."""
+    """objective(params, batch, rng) -> (loss_B, weight_B, metrics) for the train step.
+
+    With `ref_params` the reference log-probs are computed on the fly; without, they are the
+    batch's `ref_chosen_logps` / `ref_rejected_logps` when it has them (precomputed), else the
+    loss gets none (reference-free losses: genarm.arm, dpo.simpo, dpo.orpo, ...).
+    """
     loss_fn = losses.get_loss(loss)
     loss_kwargs = dict(loss_kwargs or {})
 
+    @reads(*PAIR_COLUMNS, "weight", optional=() if ref_params is not None else REFERENCE_COLUMNS)
     def objective(params, batch, rng):
         del rng
         tokens, mask, loss_mask = _pair(batch)
         b = batch["chosen_tokens"].shape[0]
-        logps, lengths = sequence_logps(model_cfg, params, tokens, mask, loss_mask,
-                                        lean=lean_logprobs)
+        seq = completion_logprobs(model_cfg, params, tokens, mask, loss_mask, lean=lean_logprobs)
         ref = {}
-        if "ref_chosen_logps" in batch:
-            ref = dict(ref_chosen_logps=batch["ref_chosen_logps"],
-                       ref_rejected_logps=batch["ref_rejected_logps"])
-        elif ref_params is not None:
-            ref_logps, _ = sequence_logps(model_cfg, jax.lax.stop_gradient(ref_params), tokens,
+        if ref_params is not None:
+            ref_seq = completion_logprobs(model_cfg, jax.lax.stop_gradient(ref_params), tokens,
                                           mask, loss_mask, lean=lean_logprobs)
-            ref_logps = jax.lax.stop_gradient(ref_logps)
+            ref_logps = jax.lax.stop_gradient(ref_seq.sum)
             ref = dict(ref_chosen_logps=ref_logps[:b], ref_rejected_logps=ref_logps[b:])
-        loss_B, metrics = loss_fn(policy_chosen_logps=logps[:b], policy_rejected_logps=logps[b:],
-                                  chosen_lengths=lengths[:b], rejected_lengths=lengths[b:],
+        elif "ref_chosen_logps" in batch:
+            ref = {k: batch[k] for k in REFERENCE_COLUMNS}
+        loss_B, metrics = loss_fn(policy_chosen_logps=seq.sum[:b],
+                                  policy_rejected_logps=seq.sum[b:],
+                                  chosen_lengths=seq.length[:b], rejected_lengths=seq.length[b:],
                                   **ref, **loss_kwargs)
         return loss_B, batch["weight"], metrics
 
@@ -84,14 +81,13 @@ def precompute_reference_logps(model_cfg, ref_params, batches, cache_path: str |
     @jax.jit
     def fwd(batch):
         tokens, mask, loss_mask = _pair(batch)
-        logps, _ = sequence_logps(model_cfg, ref_params, tokens, mask, loss_mask)
+        logps = completion_logprobs(model_cfg, ref_params, tokens, mask, loss_mask).sum
         b = batch["chosen_tokens"].shape[0]
         return logps[:b], logps[b:]
 
     table = {}
     for batch in batches:
-        chosen, rejected = jax.device_get(fwd({k: v for k, v in batch.items()
-                                               if k.startswith(("chosen_", "rejected_"))}))
+        chosen, rejected = jax.device_get(fwd({k: batch[k] for k in PAIR_COLUMNS}))
         for i, w, c, r in zip(batch["index"], batch["weight"], chosen, rejected):
             if w > 0:
                 table[int(i)] = (np.float32(c), np.float32(r))

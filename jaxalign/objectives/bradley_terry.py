@@ -4,11 +4,11 @@
     state = train(loop, objective=objective, params=init_reward_params(cfg, rng),
                   logical_axes=reward_logical_axes(cfg), ...)     # jaxalign.train.trainer
 
-The objective scores chosen and rejected in one forward pass of the reward model (each
-sequence is prompt + completion, read at its last real token) and minimises
-`-log sigma(r_w - r_l - m)` (Bradley-Terry; m = 0, or a constant / per-pair margin as in
-Llama 2's reward models); `eval/reward_accuracy` is the held-out pairwise accuracy
-(ties count 1/2, as every pairwise loss of `jaxalign.losses` reports it).
+The objective scores chosen and rejected in one forward pass of the reward model
+(`jaxalign.reward.reward_scores`: each sequence is prompt + completion, read at its last real
+token) and minimises `-log sigma(r_w - r_l - m)` (Bradley-Terry; m = 0, or a constant /
+per-pair margin as in Llama 2's reward models); `eval/reward_accuracy` is the held-out pairwise
+accuracy (ties count 1/2, as every pairwise loss of `jaxalign.losses` reports it).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from jaxtyping import Array, Float
 
 from jaxalign.losses import _checks
 from jaxalign.losses.dpo import pair_metrics
+from jaxalign.objectives.columns import reads
 from jaxalign.reward.model import reward_scores
 
 
@@ -44,6 +45,8 @@ def bradley_terry_objective(cfg, *, margin: float = 0.0):
     A batch's `margin` [B], if present, overrides the constant `margin`.
     """
 
+    @reads("chosen_tokens", "chosen_mask", "rejected_tokens", "rejected_mask", "weight",
+           optional=("margin",))
     def objective(params, batch, rng):
         del rng
         b = batch["chosen_tokens"].shape[0]
@@ -66,9 +69,9 @@ def _accuracy_terms(cfg, params, batch):
 def pairwise_accuracy(cfg, params, batches) -> float:
     """Held-out accuracy (ties 1/2) over preference batches with `weight`, padding rows out."""
     hits, total = 0.0, 0.0
-    keys = ("chosen_tokens", "chosen_mask", "rejected_tokens", "rejected_mask", "weight")
+    columns = bradley_terry_objective(cfg).columns  # the margin does not change the accuracy
     for batch in batches:
-        w, acc = jax.device_get(_accuracy_terms(cfg, params, {k: batch[k] for k in keys}))
+        w, acc = jax.device_get(_accuracy_terms(cfg, params, {k: batch[k] for k in columns}))
         hits += float(np.sum(w * acc))
         total += float(np.sum(w))
     return hits / max(total, 1e-9)

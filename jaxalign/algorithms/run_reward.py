@@ -1,8 +1,8 @@
 """Reward-model training end to end from a config (see experiments/reward_toy.py).
 
-    python -m jaxalign.reward --config experiments/reward_toy.py:smoke --workdir /tmp/rm_toy
+    python -m jaxalign --config experiments/reward_toy.py:smoke --workdir /tmp/rm_toy
 
-Config sections:
+Config sections (`algorithm = "reward_bt"`):
   model:     preset (random init) | hf_path (a causal LM: its backbone, fresh head) |
              reward_hf_path (a *ForSequenceClassification checkpoint); dtype overrides;
              pad_token_id (default: the tokenizer's)
@@ -18,74 +18,31 @@ from __future__ import annotations
 import os
 
 import jax
-import numpy as np
 
-from jaxalign.data import BatchIterator, load_dataset, toy
+from jaxalign.algorithms.runner import (Mapped, load_tokenizer, model_overrides, pair_weight,
+                                        resolve_model_config, toy_data_paths)
+from jaxalign.data import BatchIterator, load_dataset
 from jaxalign.models.hf import load_hf
-from jaxalign.models.presets import preset
+from jaxalign.objectives import bradley_terry_objective, check_columns, pairwise_accuracy
 from jaxalign.reward.hf import load_reward_hf, save_reward_hf
 from jaxalign.reward.model import init_reward_params, reward_logical_axes
-from jaxalign.reward.train import bradley_terry_objective, pairwise_accuracy
 from jaxalign.sharding import make_mesh
 from jaxalign.train.optim import make_optimizer
 from jaxalign.train.trainer import LoopConfig, place_params, train
 
 
-class _Weighted:
-    """A resumable batch iterator whose batches get `weight` (1 real row, 0 padding row)."""
-
-    def __init__(self, it):
-        self.it = it
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return with_weight(next(self.it))
-
-    def state(self):
-        return self.it.state()
-
-    def restore(self, state):
-        self.it.restore(state)
-
-
-def with_weight(batch: dict) -> dict:
-    return {**batch, "weight": batch["chosen_mask"].any(-1).astype(np.float32)}
-
-
-def load_tokenizer(spec: str):
-    if spec == "toy":
-        return toy.word_tokenizer()
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(spec, trust_remote_code=False, local_files_only=True)
-
-
 def load_reward_model(mc, seed: int, mesh, pad_token_id: int | None):
     """(cfg, params on `mesh`) from the `model` section."""
-    overrides = {k: mc[k] for k in ("dtype", "param_dtype", "remat", "scan_layers") if k in mc}
     if mc.get("reward_hf_path"):
-        return load_reward_hf(mc.reward_hf_path, mesh=mesh, **overrides)
+        return load_reward_hf(mc.reward_hf_path, mesh=mesh, **model_overrides(mc))
     if mc.get("hf_path"):
-        cfg, backbone = load_hf(mc.hf_path, **overrides)
+        cfg, backbone = load_hf(mc.hf_path, **model_overrides(mc))
     else:
-        cfg, backbone = preset(mc.preset, **overrides), None
-        for key in ("vocab_size", "initializer_range"):
-            if mc.get(key):
-                cfg = cfg.replace(**{key: mc[key]})
+        cfg, backbone = resolve_model_config(mc), None
     if cfg.pad_token_id is None:
         cfg = cfg.replace(pad_token_id=mc.get("pad_token_id", pad_token_id))
     params = init_reward_params(cfg, jax.random.key(seed), backbone=backbone)
     return cfg, place_params(params, cfg, mesh, reward_logical_axes(cfg))
-
-
-def data_paths(config) -> tuple[str, str]:
-    d = config.data
-    if d.get("toy"):
-        root = os.path.join(config.workdir, "data")
-        return (toy.write_preference_jsonl(os.path.join(root, "train.jsonl"), d.toy_train, 0),
-                toy.write_preference_jsonl(os.path.join(root, "eval.jsonl"), d.toy_eval, 1))
-    return d.train, d.eval
 
 
 def run(config):
@@ -99,13 +56,16 @@ def run(config):
     d = config.data
     kw = dict(max_length=d.max_length, max_prompt_length=d.max_prompt_length,
               truncation_mode=d.truncation_mode, on_error=d.on_error)
-    train_path, eval_path = data_paths(config)
+    train_path, eval_path = toy_data_paths(config)
     train_ds, _ = load_dataset("preference", train_path, tokenizer, **kw)
     eval_ds, _ = load_dataset("preference", eval_path, tokenizer, **kw)
-    train_it = _Weighted(BatchIterator(train_ds, batch_size=d.batch_size, seed=config.seed))
-    eval_batches = [with_weight(b) for b in BatchIterator(
+    train_it = Mapped(BatchIterator(train_ds, batch_size=d.batch_size, seed=config.seed),
+                      pair_weight)
+    eval_batches = [pair_weight(b) for b in BatchIterator(
         eval_ds, batch_size=d.batch_size, shuffle=False, num_epochs=1)]
     objective = bradley_terry_objective(cfg, margin=config.loss.margin)
+    if eval_batches:  # train batches have the same columns
+        check_columns(objective, eval_batches[0], f"{eval_path} batches")
     optimizer, _ = make_optimizer(**config.optim)
     before = pairwise_accuracy(cfg, params, eval_batches)
     loop = LoopConfig(workdir=config.workdir, seed=config.seed, **config.loop)

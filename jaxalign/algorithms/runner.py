@@ -1,0 +1,99 @@
+"""The plumbing every config-driven runner shares: tokenizer, model, data paths, batch weights.
+
+    tokenizer = load_tokenizer(config.tokenizer)            # "toy" or a local directory
+    cfg, params = load_model(config.model, config.seed, mesh)   # preset (random) or hf_path
+    cfg = resolve_model_config(config.model)                 # the same config, no weights read
+    train_path, eval_path = toy_data_paths(config)           # writes the toy set if data.toy
+    it = Mapped(BatchIterator(ds, batch_size=16, seed=0), pair_weight)   # resumable
+
+The `model` section: `preset` (a name of `jaxalign.models.presets`, random init, optional
+`vocab_size` / `initializer_range`) or `hf_path` (a local Hugging Face checkpoint), plus the
+dtype overrides `dtype`, `param_dtype`, `remat`, `scan_layers` (`model_overrides`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+
+from jaxalign.data import toy
+from jaxalign.models import ModelConfig, init_params
+from jaxalign.models.presets import preset
+from jaxalign.train.trainer import place_params
+
+OVERRIDES = ("dtype", "param_dtype", "remat", "scan_layers")
+
+
+class Mapped:
+    """A resumable iterator with a function applied to each batch (state passes through)."""
+
+    def __init__(self, it, fn):
+        self.it, self.fn = it, fn
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.fn(next(self.it))
+
+    def state(self):
+        return self.it.state()
+
+    def restore(self, state):
+        self.it.restore(state)
+
+
+def pair_weight(batch: dict) -> dict:
+    """A preference batch with `weight` [B]: 1 for a real row, 0 for a padding row (the
+    iterator pads a last partial batch)."""
+    return {**batch, "weight": batch["chosen_mask"].any(-1).astype(np.float32)}
+
+
+def load_tokenizer(spec: str):
+    """"toy" (`jaxalign.data.toy`'s word tokenizer) or a local tokenizer directory (no remote
+    code, nothing downloaded)."""
+    if spec == "toy":
+        return toy.word_tokenizer()
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(spec, trust_remote_code=False, local_files_only=True)
+
+
+def model_overrides(mc) -> dict:
+    """The `model` section's dtype / remat / scan overrides present in the config."""
+    return {k: mc[k] for k in OVERRIDES if k in mc}
+
+
+def resolve_model_config(mc) -> ModelConfig:
+    """The ModelConfig of the `model` section: the preset's, or `hf_path`'s config.json (no
+    weights read)."""
+    if mc.get("hf_path"):
+        from jaxalign.models.hf_config import config_from_hf, read_hf_config
+        return config_from_hf(read_hf_config(mc.hf_path), **model_overrides(mc))
+    cfg = preset(mc.preset, **model_overrides(mc))
+    for key in ("vocab_size", "initializer_range"):
+        if mc.get(key):
+            cfg = cfg.replace(**{key: mc[key]})
+    return cfg
+
+
+def load_model(mc, seed: int, mesh):
+    """(cfg, params placed on `mesh`): `hf_path`'s weights, or a random init of the preset."""
+    if mc.get("hf_path"):
+        from jaxalign.models.hf import load_hf
+        return load_hf(mc.hf_path, mesh=mesh, **model_overrides(mc))
+    cfg = resolve_model_config(mc)
+    params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(seed))
+    return cfg, place_params(params, cfg, mesh)
+
+
+def toy_data_paths(config) -> tuple[str, str]:
+    """(train, eval) preference files: `data.train` / `data.eval`, or with `data.toy` the toy
+    set written under `workdir/data` (`toy_train` / `toy_eval` pairs)."""
+    d = config.data
+    if d.get("toy"):
+        root = os.path.join(config.workdir, "data")
+        return (toy.write_preference_jsonl(os.path.join(root, "train.jsonl"), d.toy_train, 0),
+                toy.write_preference_jsonl(os.path.join(root, "eval.jsonl"), d.toy_eval, 1))
+    return d.train, d.eval

@@ -1,0 +1,181 @@
+"""Import layers: every module of jaxalign imports only its own package and the layers below.
+
+    .venv/bin/python -m pytest tests/test_layers.py -q
+
+`check_layers(root)` parses (with `ast`, nothing is imported) every module under
+`root/jaxalign`, collects each `import x` and `from x import y` (module-level and inside
+functions; relative imports resolved) and reports any import that goes up the layers, one
+within a layer between different packages, one a rule forbids, and any module it cannot place.
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import os
+from typing import NamedTuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Rule(NamedTuple):
+    layer: int
+    never: tuple[str, ...] = ()  # lower modules it must not import (globs, relative to jaxalign/)
+    also: tuple[str, ...] = ()  # units of its own layer it may import
+
+
+# unit (a package folder or a top-level module of jaxalign/) -> its rule. Bottom to top:
+#  0  leaves: pure array functions (losses), data, meshes, I/O helpers; no model in sight.
+#  1  models: Flax modules and HF weights; know nothing of training or preferences.
+#  2  sampling (decoding) and train (step, optimizer, checkpoints): two consumers of a model
+#     that never meet, so a sampler change cannot break training and the reverse.
+#  3  reward: reward models, ARMs, judges; ARGS decodes with a reward model, so it sits above
+#     sampling; it scores, it never trains (no `train`).
+#  4  objectives: (params, batch, rng) -> (loss_B, weight_B, metrics); above reward because
+#     the Bradley-Terry objective reads the reward model; pure functions of a batch, so no
+#     decoding (`sampling`) and no loop (`train`).
+#  5  algorithms: runners and loops that compose objectives, train, sampling and data.
+#  6  gym: synthetic experiments built from the loops (never from a runner's config plumbing).
+#  7  the entry point and the demo: nothing imports them.
+RULES = {
+    "__init__.py": Rule(0), "data": Rule(0), "losses": Rule(0), "sharding.py": Rule(0),
+    "kernels": Rule(0), "io.py": Rule(0),
+    "models": Rule(1),
+    "sampling": Rule(2), "train": Rule(2),
+    "reward": Rule(3, never=("train/*",)),
+    "objectives": Rule(4, never=("sampling/*", "train/*")),
+    "algorithms": Rule(5),
+    "gym": Rule(6, never=("algorithms/run_*.py",)),
+    "main.py": Rule(7), "__main__.py": Rule(7, also=("main.py",)), "demo.py": Rule(7),
+}
+RUNNERS = ("algorithms/run_*.py", "main.py", "__main__.py")
+OUTSIDE = ("experiments", "tests", "benchmarks")  # above the library: never imported by it
+
+
+def unit_of(path: str) -> str | None:
+    """The RULES key of a path relative to jaxalign/ ("reward/arm.py" -> "reward"), or None."""
+    head = path.split("/", 1)[0]
+    return head if head in RULES else None
+
+
+def _module_path(lib: str, dotted: str) -> str | None:
+    """"jaxalign.reward.arm" -> "reward/arm.py" (a package -> its __init__.py), None if absent."""
+    rel = dotted.split(".")[1:]
+    base = os.path.join(lib, *rel)
+    if os.path.isdir(base):
+        return "/".join(rel + ["__init__.py"])
+    if os.path.isfile(base + ".py"):
+        return "/".join(rel) + ".py"
+    return None
+
+
+def imports_of(lib: str, path: str) -> list[tuple[int, str]]:
+    """[(line, dotted module)] that the module at `path` (relative to `lib`) imports, with
+    `from pkg import sub` read as importing the submodule pkg.sub when there is one."""
+    with open(os.path.join(lib, path)) as fh:
+        tree = ast.parse(fh.read(), path)
+    package = ["jaxalign"] + path.split("/")[:-1]
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: from the module's package, one level up per extra dot
+                base = package[:len(package) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module
+            for a in node.names:
+                sub = f"{module}.{a.name}"
+                is_sub = module.startswith("jaxalign") and _module_path(lib, sub)
+                out.append((node.lineno, sub if is_sub else module))
+    return out
+
+
+def check_layers(root: str) -> list[str]:
+    """Every violation in `root/jaxalign` as "file:line: message" ([] when the layers hold)."""
+    lib = os.path.join(root, "jaxalign")
+    problems = []
+    for dirpath, dirnames, filenames in os.walk(lib):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        for name in sorted(f for f in filenames if f.endswith(".py")):
+            path = os.path.relpath(os.path.join(dirpath, name), lib).replace(os.sep, "/")
+            unit = unit_of(path)
+            if unit is None:
+                problems.append(f"jaxalign/{path}: cannot place it in a layer (add it to RULES)")
+                continue
+            rule = RULES[unit]
+            for line, module in imports_of(lib, path):
+                where = f"jaxalign/{path}:{line}: imports {module}"
+                top = module.split(".")[0]
+                if top in OUTSIDE:
+                    problems.append(f"{where}: {top}/ sits above the library")
+                if top != "jaxalign" or module == "jaxalign":
+                    continue
+                target = _module_path(lib, module)
+                target_unit = unit_of(target) if target else None
+                if target_unit is None:
+                    problems.append(f"{where}: cannot place the imported module")
+                    continue
+                if target_unit == unit or target_unit == "__init__.py":
+                    continue
+                layer = RULES[target_unit].layer
+                if any(fnmatch.fnmatch(target, g) for g in rule.never):
+                    problems.append(f"{where}: {unit} must never import {target}")
+                elif layer > rule.layer:
+                    problems.append(f"{where}: layer {rule.layer} ({unit}) imports layer "
+                                    f"{layer} ({target_unit}), above it")
+                elif layer == rule.layer and target_unit not in rule.also:
+                    problems.append(f"{where}: {unit} and {target_unit} share layer {layer} "
+                                    f"and must not import each other")
+    return problems
+
+
+def test_jaxalign_imports_only_downward():
+    problems = check_layers(ROOT)
+    assert not problems, "\n".join(problems)
+
+
+def test_gym_and_reward_import_no_runner():
+    lib = os.path.join(ROOT, "jaxalign")
+    found = []
+    for package in ("gym", "reward"):
+        for name in sorted(os.listdir(os.path.join(lib, package))):
+            if name.endswith(".py"):
+                for line, module in imports_of(lib, f"{package}/{name}"):
+                    target = _module_path(lib, module) if module.startswith("jaxalign.") else None
+                    if target and any(fnmatch.fnmatch(target, g) for g in RUNNERS):
+                        found.append(f"jaxalign/{package}/{name}:{line}: {module}")
+    assert not found, found
+
+
+def _write(root, path, text=""):
+    full = root / "jaxalign" / path
+    full.parent.mkdir(parents=True, exist_ok=True)
+    full.write_text(text)
+
+
+def test_checker_reports_violations(tmp_path):
+    _write(tmp_path, "__init__.py")
+    for package in ("models", "algorithms", "reward", "gym", "train", "sampling"):
+        _write(tmp_path, f"{package}/__init__.py")
+    _write(tmp_path, "algorithms/y.py")
+    _write(tmp_path, "algorithms/run_x.py")
+    _write(tmp_path, "train/step.py")
+    _write(tmp_path, "models/x.py", "import numpy\n\n\ndef f():\n"
+                                    "    from jaxalign.algorithms import y\n    return y\n")
+    _write(tmp_path, "models/ok.py", "from jaxalign import models\nfrom . import x\n")
+    _write(tmp_path, "reward/r.py", "from ..train import step\n")
+    _write(tmp_path, "gym/g.py", "from jaxalign.algorithms.run_x import run\n")
+    _write(tmp_path, "sampling/s.py", "import jaxalign.train.step\n")
+    _write(tmp_path, "mystery.py")
+    problems = check_layers(str(tmp_path))
+    assert len(problems) == 5, "\n".join(problems)
+    text = "\n".join(problems)
+    assert ("jaxalign/models/x.py:5: imports jaxalign.algorithms.y: layer 1 (models) imports "
+            "layer 5 (algorithms), above it") in text
+    assert "jaxalign/mystery.py: cannot place it in a layer" in text
+    assert "jaxalign/reward/r.py:1: imports jaxalign.train.step: reward must never import" in text
+    assert "jaxalign/gym/g.py:1: imports jaxalign.algorithms.run_x: gym must never import" in text
+    assert "sampling and train share layer 2" in text
+    assert "models/ok.py" not in text
