@@ -19,8 +19,9 @@ from typing import Callable, NamedTuple
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxalign.algorithms import run_dpo, run_reward
+from jaxalign.algorithms import run_dpo, run_rest, run_reward
 from jaxalign.gym import frontier, genarm
+from jaxalign.gym import rest as rest_gym
 
 
 class Runner(NamedTuple):
@@ -33,9 +34,11 @@ RUNNERS = {
     "dpo": Runner(run_dpo.run, run_dpo.dry_run),
     # GenARM's autoregressive reward model: preference pairs, loss genarm.arm, no reference
     "arm": Runner(run_dpo.run, run_dpo.dry_run),
+    "rest": Runner(run_rest.run, run_rest.dry_run),  # ReST from files: policy, RM, SFT data
     "reward_bt": Runner(run_reward.run),  # a Bradley-Terry scalar reward model
     "dpo_frontier": Runner(frontier.run),  # the gym's DPO reward-vs-KL frontier
     "genarm_gym": Runner(genarm.run),  # the gym's GenARM guided-decoding study
+    "rest_gym": Runner(rest_gym.run),  # ReST's Table 1 on the gym (BC, G1I0, G1I4, G2I3)
 }
 
 

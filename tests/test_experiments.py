@@ -9,6 +9,8 @@ variants are trained by other tests (no second run here):
   reward_toy:smoke           tests/reward/test_model_train.py (run_config, algorithm reward_bt)
   dpo_frontier:smoke         tests/gym/test_frontier.py (run_config, algorithm dpo_frontier)
   genarm_gym:smoke           tests/gym/test_genarm.py (run_config, algorithm genarm_gym)
+  rest_llama3_8b:smoke       tests/algorithms/test_rest_files.py (run_config, algorithm rest;
+                             it also checks the paper config's dry run numbers)
   dpo_mistral_ultrafeedback:smoke, genarm_hh_rlhf:smoke, genarm_ultrafeedback:smoke
                              no test trains them (their runner, run_dpo, is the one
                              dpo_toy:smoke trains); they are dry-run below
@@ -50,7 +52,8 @@ def test_config_loads_and_names_a_runner(name, arg):
 
 
 def test_paper_scale_configs_are_sized():
-    assert {"dpo_mistral_ultrafeedback", "genarm_hh_rlhf"} <= {n for n, a in SIZED if a == ""}
+    assert {"dpo_mistral_ultrafeedback", "genarm_hh_rlhf", "rest_llama3_8b"} <= {
+        n for n, a in SIZED if a == ""}
 
 
 @pytest.mark.parametrize("name,arg", SIZED)

@@ -4,9 +4,15 @@ dataset, train, repeat; every phase resumable and everything it makes kept on di
     drv = Driver(workdir, config.to_dict())        # refuses a workdir of another config
     for t in range(iterations):
         grown = drv.phase(t, "grow", lambda d: grow_phase(d, sampler, prompts, n=4, ...))
-        scored = drv.phase(t, "score", lambda d: score_phase(d, records, score_fn, chunk=64))
-        built = drv.phase(t, "build_0", lambda d: build_phase(d, rows))
-        trained = drv.phase(t, "train_0", lambda d: train_phase(d, trainer_factory, ...))
+        records = read_records(drv.dir(t, "grow"), grown)
+        scored = drv.phase(t, "score", lambda d: score_phase(d, records, score, chunk_prompts=64))
+        built = drv.phase(t, "build_0", lambda d: build_phase(d, rows, locations, meta))
+        trained = drv.phase(t, "train_0", lambda d: train_phase(d, Trainer(...workdir=d...), it))
+
+`jaxalign.algorithms.rest.run_rest` composes them into ReST; SPPO and CGPO compose the same
+phases (their score steps return win rates or judge verdicts; their builders make preference
+or group rows; their reference-update rule is the caller's: e.g. the iteration's starting
+policy as SPPO's frozen reference).
 
 Layout: `<workdir>/run.json` (the config), `<workdir>/iter_000/<phase>/` with the phase's data
 and its `summary.json`. A phase whose summary is committed is done and is never run again;

@@ -64,6 +64,7 @@ class RestSettings:
     improve_train_steps: int = 100
     lr_decay: float = 0.5
     select: str = "best"
+    loss: str = "rest.thresholded_nll"  # a loss of the registry: (policy_logps, rewards, threshold)
     eval_every: int = 25
     eval_samples: int = 2  # per held-out prompt
     shard_size: int = 256  # prompts per grow shard
@@ -185,7 +186,8 @@ def improve_datasets(s: RestSettings, scored: Sequence[dict], iteration: int):
 def run_rest(s: RestSettings, *, policy: tuple, tokenizer, data: Sequence[dict],
              heldout: Sequence[dict], score: drv_lib.ScoreStep, workdir: str, config: dict,
              optim: dict, batch_size: int, seed: int = 0, max_len: int = 128, mesh=None,
-             start_over: bool = False, on_event: Callable[[str], Any] | None = None) -> dict:
+             lean_logprobs: bool = False, start_over: bool = False,
+             on_event: Callable[[str], Any] | None = None) -> dict:
     """Runs BC and G grow steps of I + 1 improve steps; returns {"stages": [...], "policy"}.
 
     policy: (ModelConfig, params), the starting weights. data: D as rows of {"id", "prompt",
@@ -193,7 +195,8 @@ def run_rest(s: RestSettings, *, policy: tuple, tokenizer, data: Sequence[dict],
     for the best-checkpoint choice. score: the score step, (records) -> {"reward": [N], ...}
     (other columns, e.g. a gym's true reward, are kept and averaged too). optim: make_optimizer
     arguments (lr is the BC and first improve step's). config: the run's whole config (the
-    restart check compares it).
+    restart check compares it). lean_logprobs: log-probs from hidden states in chunks (no
+    [B, T, V] logits; for large vocabularies). on_event: see `driver.Driver`.
     """
     if not data:
         raise ValueError("ReST needs a non-empty dataset D (its prompts are the grow prompts)")
@@ -202,12 +205,24 @@ def run_rest(s: RestSettings, *, policy: tuple, tokenizer, data: Sequence[dict],
     event = on_event or (lambda name: None)
     drv = drv_lib.Driver(workdir, config, start_over=start_over, on_event=event)
     cfg, params = policy
-    sampler = Sampler(cfg, params, tokenizer, mesh=mesh, max_len=max_len)
+    sampler = Sampler(cfg, params, tokenizer, mesh=mesh, max_len=max_len,
+                      batch_size=s.sample_batch)
     D = data_records(data, tokenizer)
     prompts = list({str(r["id"]): {"id": r["id"], "prompt": r["prompt"]}
                     for r in data}.values())  # one per prompt of D
     held = [{"id": p.get("id", i), "prompt": p["prompt"]} for i, p in enumerate(heldout)]
     current = {"params": params, "dir": None}  # the policy, loaded lazily on resume
+    # one objective, one optimizer per (lr, steps), one compiled step for all stages that share
+    # them (the threshold is a batch column, not a constant of the program)
+    objective = rest_objective(cfg, loss=s.loss, lean_logprobs=lean_logprobs)
+    optimizers, programs = {}, {}
+
+    def optimizer_for(lr, steps):
+        if (lr, steps) not in optimizers:
+            optimizers[lr, steps] = make_optimizer(**{
+                **optim, "lr": lr, "total_steps": steps,
+                "warmup_steps": min(optim.get("warmup_steps", 0), steps - 1)})[0]
+        return optimizers[lr, steps]
 
     def policy_params():
         if current["params"] is None:
@@ -237,17 +252,14 @@ def run_rest(s: RestSettings, *, policy: tuple, tokenizer, data: Sequence[dict],
         hand_on: dict = {}
 
         def fn(d):
-            optimizer, _ = make_optimizer(**{**optim, "lr": lr, "total_steps": steps,
-                                             "warmup_steps": min(optim.get("warmup_steps", 0),
-                                                                 steps - 1)})
             loop = LoopConfig(workdir=d, total_steps=steps, seed=seed + 1000 * t,
                               eval_every=s.eval_every, checkpoint_every=s.eval_every,
                               keep_checkpoints=1, log_every=max(1, s.eval_every // 5),
                               best_metric="eval/reward" if s.select == "best" else None,
                               async_checkpoints=False, progress_bar=False)
-            trainer = Trainer(loop, objective=rest_objective(cfg), optimizer=optimizer,
+            trainer = Trainer(loop, objective=objective, optimizer=optimizer_for(lr, steps),
                               params=policy_params(), model_cfg=cfg, mesh=mesh,
-                              evaluate_fn=evaluate)
+                              evaluate_fn=evaluate, programs=programs)
             it = Mapped(BatchIterator(ds, batch_size=batch_size, seed=seed + t), token_weight)
             return drv_lib.train_phase(d, trainer, it, select=s.select, on_event=event,
                                        hand_on=hand_on)

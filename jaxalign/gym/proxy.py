@@ -14,6 +14,7 @@ raises its score faster than the true reward; the gap is the measured reward hac
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import jax
@@ -37,12 +38,20 @@ class Proxy:
     num_pairs: int
 
     def score(self, prompts, completions) -> np.ndarray:
-        fwd = jax.jit(lambda p, t, m: reward_scores(self.cfg, p, t, m))
+        """float32 [B]: rows padded to a power of two (one compile per size, none per call)."""
         out = []
         for i in range(0, len(prompts), 256):
             t, m, _ = pack(prompts[i:i + 256], completions[i:i + 256], length=64)
-            out.append(np.asarray(fwd(self.params, t, m)))
+            rows = max(16, 1 << (len(t) - 1).bit_length())
+            t = np.pad(t, ((0, rows - len(t)), (0, 0)))
+            m = np.pad(m, ((0, rows - len(m)), (0, 0)))
+            out.append(np.asarray(_scores(self.cfg, self.params, t, m))[:len(prompts[i:i + 256])])
         return np.concatenate(out)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _scores(cfg, params, tokens, mask):
+    return reward_scores(cfg, params, tokens, mask)
 
 
 def train_proxy(ref: Reference, oracle, workdir: str, *, num_pairs: int = 256, steps: int = 100,

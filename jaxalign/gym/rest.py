@@ -20,6 +20,7 @@ import json
 import os
 import time
 
+import jax
 import numpy as np
 
 from jaxalign.algorithms import driver as drv_lib
@@ -29,6 +30,7 @@ from jaxalign.gym import oracles, tasks
 from jaxalign.gym.policy import ReferenceConfig, reference_policy
 from jaxalign.gym.proxy import train_proxy
 from jaxalign.sampling import Sampler
+from jaxalign.sharding import make_mesh
 
 ROWS = (("BC", "A", "BC"), ("G=1 I=0", "A", "G1I0"), ("G=1 I=4", "A", "G1I4"),
         ("G=2 I=3", "B", "G2I3"))
@@ -72,6 +74,7 @@ def run(config) -> dict:
     lang = ref.language
     test_prompts = lang.sample_prompts(config.num_test, config.seed + 31_337, "text")
     evaluator = Sampler(ref.model_cfg, ref.params, ref.tokenizer, max_len=config.max_len)
+    mesh = make_mesh(devices=jax.devices()[:1])  # the gym's policy is tiny: one device is fastest
     results = {}
     for seed in config.seeds:
         root = os.path.join(config.workdir, f"seed{seed}")
@@ -88,7 +91,8 @@ def run(config) -> dict:
                            workdir=os.path.join(root, run_name),
                            config={**config.to_dict(), "seed": seed, "run": run_name},
                            optim=config.optim.to_dict(), batch_size=config.batch_size,
-                           seed=seed, max_len=config.max_len)
+                           seed=seed, max_len=config.max_len, mesh=mesh,
+                           start_over=config.get("start_over", False))
             for st in out["stages"]:
                 params = drv_lib.load_policy(st["dir"], ref.params)
                 st["test"] = test_scores(evaluator, score, params, test_prompts,
@@ -120,7 +124,8 @@ def summarise(results: dict, config) -> dict:
 
 
 def write_report(config, ref, report: dict) -> None:
-    lines = ["| method | proxy reward | true reward | paper (IWSLT, RM score) |", "|---|---|---|---|"]
+    lines = ["| method | proxy reward | true reward | paper (IWSLT, RM score) |",
+             "|---|---|---|---|"]
     for e in report["table"]:
         lines.append(f"| {e['method']} | {e['reward']:.3f} +- {e['reward_sd']:.3f} | "
                      f"{e['true_reward']:.3f} +- {e['true_reward_sd']:.3f} | {e['paper_iwslt']} |")

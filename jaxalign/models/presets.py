@@ -33,6 +33,16 @@ HUB_CONFIGS: dict[str, dict] = {
         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
         bos_token_id=128000, eos_token_id=128001, torch_dtype="bfloat16"),
+    # A LlamaForSequenceClassification (one label) on Llama-3.1-8B-Instruct with a [PAD] token
+    # added (vocab 128257); its config.json. A reward model: `reward.model` adds the head.
+    "skywork-reward-llama-3.1-8b": dict(
+        model_type="llama", vocab_size=128257, hidden_size=4096, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336,
+        max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        bos_token_id=128000, eos_token_id=[128001, 128008, 128009], pad_token_id=128256,
+        tie_word_embeddings=False, torch_dtype="bfloat16"),
     "qwen2-0.5b": dict(
         model_type="qwen2", vocab_size=151936, hidden_size=896, num_hidden_layers=24,
         num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864,

@@ -49,6 +49,27 @@ class LoopConfig:
     progress_bar: bool = True
 
 
+def _programs(objective, optimizer, micro_batches: int, mesh, params, cache: dict | None):
+    """(state, init, step, eval): the jitted programs of an (objective, optimizer), taken from
+    `cache` when it holds them (same objects, same state shardings), else made (and stored)."""
+    key = (objective, optimizer, micro_batches, mesh)
+    if cache is not None and key in cache:
+        init, evaluate = cache[key]
+    else:
+        init = jax.jit(lambda p: init_state(p, optimizer))
+        evaluate = jax.jit(lambda p, b, r: eval_metrics(objective, p, b, r))
+    state = init(params)
+    shardings, treedef = jax.tree.flatten(jax.tree.map(lambda x: x.sharding, state))
+    step_key = key + (treedef, tuple(shardings))
+    step = cache.get(step_key) if cache is not None else None
+    if step is None:
+        step = compile_step(make_train_step(objective, optimizer, micro_batches),
+                            jax.tree.unflatten(treedef, shardings), None, mesh)
+    if cache is not None:
+        cache[key], cache[step_key] = (init, evaluate), step
+    return state, step, evaluate
+
+
 def _tokens(batch: dict) -> int:
     return int(sum(np.asarray(v).sum() for k, v in batch.items() if k.endswith("mask")
                    and "loss" not in k))
@@ -62,21 +83,21 @@ class Trainer:
     objective's metrics on `eval_batches`, and usable as `loop.best_metric`.
     `logical_axes`: a tree of logical axis-name tuples matching `params`, for param trees that
     are not a plain LM of `model_cfg` (a reward model with a head, LoRA adapters, ...).
+    `programs`: a dict the caller keeps across trainings; trainings with the same objective and
+    optimizer objects then trace and compile their step once (ReST's improve steps). It holds
+    what the objective closes over (a frozen reference's params) until the caller drops it.
     Use as a context manager (or call `close()`): it waits for asynchronous saves.
     """
 
     def __init__(self, loop: LoopConfig, *, objective, optimizer, params, model_cfg, mesh=None,
                  meta: dict | None = None, logical_axes=None, eval_batches: Iterable[dict] = (),
-                 evaluate_fn: Callable[[Any], dict] | None = None):
+                 evaluate_fn: Callable[[Any], dict] | None = None, programs: dict | None = None):
         self.loop, self.meta = loop, meta
         self.mesh = mesh or shd.make_mesh(data=-1)
         self._row_spec = shd.batch_sharding(self.mesh).spec[0]
         params = place_params(params, model_cfg, self.mesh, logical_axes)
-        self.state = jax.jit(lambda p: init_state(p, optimizer))(params)
-        shardings = jax.tree.map(lambda x: x.sharding, self.state)
-        self._step = compile_step(make_train_step(objective, optimizer, loop.micro_batches),
-                                  shardings, None, self.mesh)
-        self._eval = jax.jit(lambda p, b, r: eval_metrics(objective, p, b, r))
+        self.state, self._step, self._eval = _programs(
+            objective, optimizer, loop.micro_batches, self.mesh, params, programs)
         self.eval_batches, self.evaluate_fn = eval_batches, evaluate_fn
         self.ckpt = Checkpointer(os.path.join(loop.workdir, "checkpoints"), model_cfg,
                                  keep=loop.keep_checkpoints, async_save=loop.async_checkpoints,
