@@ -37,7 +37,7 @@ from jaxalign.algorithms.runner import Mapped
 from jaxalign.data import BatchIterator, from_token_rows
 from jaxalign.objectives import rest_objective, token_weight
 from jaxalign.reward.scoring import percentile_rank, sigmoid_scale
-from jaxalign.sampling import Sampler
+from jaxalign.sampling import Sampler, completion_text
 from jaxalign.train.optim import make_optimizer
 from jaxalign.train.trainer import LoopConfig, Trainer
 
@@ -64,7 +64,7 @@ class RestSettings:
     improve_train_steps: int = 100
     lr_decay: float = 0.5
     select: str = "best"
-    loss: str = "rest.thresholded_nll"  # a loss of the registry: (policy_logps, rewards, threshold)
+    loss: str = "rest.thresholded_nll"  # by registry name: (policy_logps, rewards, threshold)
     eval_every: int = 25
     eval_samples: int = 2  # per held-out prompt
     shard_size: int = 256  # prompts per grow shard
@@ -107,7 +107,6 @@ def rest_settings(section) -> RestSettings:
 def data_records(rows: Sequence[dict], tokenizer) -> list[dict]:
     """D as grow-like records: {"id", "prompt", "prompt_tokens", "tokens", "completion",
     "sample": -1, "origin": "data"}, from rows of {"id", "prompt", "prompt_tokens", "tokens"}."""
-    from jaxalign.sampling import completion_text
     out = []
     for i, r in enumerate(rows):
         text = r.get("completion")

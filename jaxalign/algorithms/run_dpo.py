@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from jaxalign import losses
-from jaxalign.algorithms.runner import (Mapped, load_model, load_tokenizer, pair_weight,
+from jaxalign.algorithms.runner import (Mapped, load_policy, pair_weight,
                                         resolve_model_config, toy_data_paths)
 from jaxalign.data import BatchIterator, load_dataset
 from jaxalign.models.hf import save_hf
@@ -86,11 +86,7 @@ def build(config):
     check_reference(config)
     lcfg = lora_config(config)
     mesh = make_mesh(**config.mesh)
-    tokenizer = load_tokenizer(config.tokenizer)
-    cfg, params = load_model(config.model, config.seed, mesh)
-    if len(tokenizer) > cfg.vocab_size:
-        raise ValueError(f"tokenizer {config.tokenizer!r} has {len(tokenizer)} tokens but model "
-                         f"vocab_size is {cfg.vocab_size}")
+    tokenizer, cfg, params = load_policy(config, mesh)
     train_path, eval_path = toy_data_paths(config)
     d = config.data
     kw = dict(max_length=d.max_length, max_prompt_length=d.max_prompt_length,

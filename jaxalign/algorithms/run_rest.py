@@ -37,7 +37,7 @@ import numpy as np
 
 from jaxalign import io
 from jaxalign.algorithms.rest import rest_settings, run_rest
-from jaxalign.algorithms.runner import (load_model, load_tokenizer, model_overrides,
+from jaxalign.algorithms.runner import (load_policy, load_tokenizer, model_overrides,
                                         resolve_model_config)
 from jaxalign.data import Encoder, load_dataset, read_examples, toy
 from jaxalign.models import init_params
@@ -166,11 +166,7 @@ def run(config) -> dict:
     the stage table to `<workdir>/rest_stages.json`."""
     os.makedirs(config.workdir, exist_ok=True)
     mesh = make_mesh(**config.mesh)
-    tokenizer = load_tokenizer(config.tokenizer)
-    cfg, params = load_model(config.model, config.seed, mesh)
-    if len(tokenizer) > cfg.vocab_size:
-        raise ValueError(f"tokenizer {config.tokenizer!r} has {len(tokenizer)} tokens but the "
-                         f"policy's vocab_size is {cfg.vocab_size}")
+    tokenizer, cfg, params = load_policy(config, mesh)
     cfg = with_checkpoint_stop_ids(cfg, config.model)
     train_path, eval_path = data_paths(config)
     data = read_d(train_path, tokenizer, config.data)

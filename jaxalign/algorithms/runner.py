@@ -78,6 +78,17 @@ def resolve_model_config(mc) -> ModelConfig:
     return cfg
 
 
+def load_policy(config, mesh):
+    """(tokenizer, cfg, params on `mesh`) of `config.tokenizer` and `config.model`; a tokenizer
+    with more tokens than the model's vocabulary is an error naming both."""
+    tokenizer = load_tokenizer(config.tokenizer)
+    cfg, params = load_model(config.model, config.seed, mesh)
+    if len(tokenizer) > cfg.vocab_size:
+        raise ValueError(f"tokenizer {config.tokenizer!r} has {len(tokenizer)} tokens but the "
+                         f"model's vocab_size is {cfg.vocab_size}")
+    return tokenizer, cfg, params
+
+
 def load_model(mc, seed: int, mesh):
     """(cfg, params placed on `mesh`): `hf_path`'s weights, or a random init of the preset."""
     if mc.get("hf_path"):

@@ -108,6 +108,7 @@ class Trainer:
         self._previous_handler = signal.signal(
             signal.SIGTERM, lambda *_: setattr(self, "sigterm", True))
         self._pending = None  # (step, metrics on device, host batch, tokens, t0): read one behind
+        self._last_done = None  # when the last step's metrics were read back
         self._bar = None
 
     # ---- resume ----
@@ -160,7 +161,13 @@ class Trainer:
             np.savez(path, **{k: v for k, v in host_batch.items() if np.asarray(v).dtype != object})
             raise FloatingPointError(f"step {step}: loss is {m['loss']}; batch saved to {path};"
                                      " the last checkpoint holds the last finite state")
-        m["tokens_per_s"] = ntok / max(time.perf_counter() - t0, 1e-9)
+        # a step's time: from its dispatch or the previous step's completion, whichever is
+        # later, to its completion. Not from its dispatch alone: where dispatch does not return
+        # before the computation is done (XLA on CPU), that would also count the next step.
+        done = time.perf_counter()
+        m["step_seconds"] = done - max(t0, self._last_done or t0)
+        m["tokens_per_s"] = ntok / max(m["step_seconds"], 1e-9)
+        self._last_done = done
         if step % self.loop.log_every == 0 or step == self.loop.total_steps:
             self.writer.write(step, m)
         if self._bar is not None:

@@ -74,3 +74,18 @@ def make_dataset(n=37, kind="preference", max_length=256, seed=0):
         records = [{"prompt": ids(1, 100), "completion": ids(1, 150)} for _ in range(n)]
     return TokenizedDataset(kind=kind, records=records, pad_id=0, max_length=max_length,
                             locations=[f"synthetic:{i + 1}" for i in range(n)])
+
+
+def take(it, n):
+    return [next(it) for _ in range(n)]
+
+
+def assert_same(batches_a, batches_b, dtypes: bool = False):
+    """Equal batches, key by key (and dtype by dtype with `dtypes`)."""
+    assert len(batches_a) == len(batches_b)
+    for a, b in zip(batches_a, batches_b):
+        assert a.keys() == b.keys()
+        for k in a:
+            if dtypes:
+                assert a[k].dtype == b[k].dtype, k
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)

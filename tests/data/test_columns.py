@@ -9,7 +9,12 @@ import pytest
 
 from jaxalign.data import (BatchIterator, DataError, TokenizedDataset, collate, from_token_rows,
                            load_dataset, write_records)
-from tests.data.helpers import assistant, user, write_jsonl
+from tests.data.helpers import assert_same as _assert_same
+from tests.data.helpers import assistant, take, user, write_jsonl
+
+
+def assert_same(batches_a, batches_b):
+    _assert_same(batches_a, batches_b, dtypes=True)
 
 COLS = {"reward": "float32", "source": "int32"}
 
@@ -20,19 +25,6 @@ def i32(*ids):
 
 def dtypes_and_shapes(batch):
     return {k: (v.shape, v.dtype.name) for k, v in batch.items()}
-
-
-def take(it, n):
-    return [next(it) for _ in range(n)]
-
-
-def assert_same(batches_a, batches_b):
-    assert len(batches_a) == len(batches_b)
-    for a, b in zip(batches_a, batches_b):
-        assert a.keys() == b.keys()
-        for k in a:
-            assert a[k].dtype == b[k].dtype, k
-            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 # ---- collate, by hand ----

@@ -6,21 +6,9 @@ import numpy as np
 import pytest
 
 from jaxalign.data import BatchIterator
-from tests.data.helpers import make_dataset
+from tests.data.helpers import assert_same, make_dataset, take
 
 N, B = 37, 8  # 5 batches per epoch, the last with 5 records and 3 padding rows
-
-
-def take(it, n):
-    return [next(it) for _ in range(n)]
-
-
-def assert_same(batches_a, batches_b):
-    assert len(batches_a) == len(batches_b)
-    for a, b in zip(batches_a, batches_b):
-        assert a.keys() == b.keys()
-        for k in a:
-            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 def test_each_epoch_is_a_permutation():
