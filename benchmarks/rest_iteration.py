@@ -9,7 +9,7 @@ the model's vocabulary (`dpo_step.make_tokenizer`), D = P random prompts of 32 w
 a completion of new - 1 words + EOS; a few held-out prompts (one sample each).
 
     .venv/bin/python benchmarks/rest_iteration.py          # bench-100m: P=32, n=4, 64 new
-        # tokens (grow batch 128 rows), 8 improve steps of 16 rows (~15-30 min on 2 idle cores)
+        # tokens (grow batch 128 rows), 8 improve steps of 16 rows (~17 min on 2 idle cores)
     .venv/bin/python benchmarks/rest_iteration.py --quick  # bench-tiny: P=8, n=2, 16 new
         # tokens, 2 steps (~1 min; tests/algorithms/test_rest_benchmark.py runs it)
 
@@ -19,9 +19,10 @@ eos_token_id=None and min_new_tokens = max_new_tokens; every row's length is che
 
 jaxalign: the iteration runs twice in one process, each in a fresh workdir: "cold" (the first
 run: iteration 1 compiles what BC did not, e.g. the grow batch's sampler) and "warm" (jit caches
-warm). A persistent compilation cache in a temp dir serves the train step, which each run_rest
-stage traces anew (a new optimizer per (lr, steps)): without it the cold and the warm improve_0
-would compile it again (its first step's tokens/s shows it). Seconds are the driver's phase seconds
+warm). A persistent compilation cache in a temp dir serves what a new jit object traces again
+(each run_rest call builds its own sampler; BC and improve_0 differ in steps, so in optimizer):
+without it the cold and the warm improve_0 would compile the step again (its first step's
+tokens/s shows it). Seconds are the driver's phase seconds
 (summary.json), all of a phase's work: grow writes shards, score tokenizes and writes records,
 train runs the held-out evaluation at step 0 and N, checkpoints and saves the policy. Throughput
 (warm run): grow = generated tokens / sample_seconds; score = scored tokens (prompt + completion
