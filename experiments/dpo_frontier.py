@@ -15,8 +15,11 @@ true sentiment reward than the reference (~0.1 -> 0.5-0.9) and the KL falls as b
 
 import ml_collections
 
+from experiments import check_arg
+
 
 def get_config(arg: str = ""):
+    check_arg(arg, ("", "smoke"), __file__)
     smoke = arg == "smoke"
     c = ml_collections.ConfigDict()
     c.algorithm = "dpo_frontier"  # jaxalign.gym.frontier

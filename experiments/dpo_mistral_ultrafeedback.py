@@ -16,10 +16,11 @@ Run on a TPU slice (checkpoint and data on local disk or a mounted bucket):
 
 import ml_collections
 
-from experiments import dpo_toy
+from experiments import check_arg, dpo_toy
 
 
 def get_config(arg: str = ""):
+    check_arg(arg, ("", "smoke"), __file__)
     if arg == "smoke":
         c = dpo_toy.get_config("smoke")
         c.model.preset = "bench-tiny"
@@ -27,7 +28,7 @@ def get_config(arg: str = ""):
         c.dry_run_meshes = {"cpu": dict(data=1, fsdp=1, model=1)}
         return c
     c = dpo_toy.get_config()
-    c.workdir = "/tmp/jaxalign/dpo_mistral_ultrafeedback"
+    c.workdir = "results/dpo_mistral_ultrafeedback"
     c.tokenizer = ""  # a local tokenizer directory, usually the checkpoint's
     c.model = ml_collections.ConfigDict(dict(
         preset="mistral-7b-instruct-v0.2", hf_path="", dtype="bfloat16",

@@ -9,12 +9,15 @@ cores; held-out reward accuracy goes from ~0.5 to > 0.9. The default config trai
 
 import ml_collections
 
+from experiments import check_arg
+
 
 def get_config(arg: str = ""):
+    check_arg(arg, ("", "smoke"), __file__)
     smoke = arg == "smoke"
     c = ml_collections.ConfigDict()
     c.algorithm = "dpo"
-    c.workdir = "/tmp/jaxalign/dpo_toy"
+    c.workdir = "results/dpo_toy"
     c.seed = 0
     c.tokenizer = "toy"
     c.model = ml_collections.ConfigDict(dict(
@@ -39,4 +42,5 @@ def get_config(arg: str = ""):
         async_checkpoints=True, progress_bar=True))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
     c.export_hf = False
+    c.dry_run_meshes = {"cpu": dict(data=1, fsdp=1, model=1)}  # --dry_run sizes memory on these
     return c

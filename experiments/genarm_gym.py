@@ -22,8 +22,11 @@ the reference cached).
 
 import ml_collections
 
+from experiments import check_arg
+
 
 def get_config(arg: str = ""):
+    check_arg(arg, ("", "smoke"), __file__)
     smoke = arg == "smoke"
     c = ml_collections.ConfigDict()
     c.algorithm = "genarm_gym"  # jaxalign.gym.genarm

@@ -19,10 +19,11 @@ AdamW with 3% warmup and linear decay, grad-norm clip 10.
 
 import ml_collections
 
-from experiments import dpo_toy
+from experiments import check_arg, dpo_toy
 
 
 def get_config(arg: str = ""):
+    check_arg(arg, ("", "smoke"), __file__)
     c = dpo_toy.get_config("smoke" if arg == "smoke" else "")
     c.algorithm = "arm"
     c.loss = ml_collections.ConfigDict(dict(name="genarm.arm", kwargs=dict(beta=0.05, gamma=0.0)))
@@ -33,7 +34,7 @@ def get_config(arg: str = ""):
         c.optim.lr = 5e-3
         c.dry_run_meshes = {"cpu": dict(data=1, fsdp=1, model=1)}
         return c
-    c.workdir = "/tmp/jaxalign/genarm_hh_rlhf"
+    c.workdir = "results/genarm_hh_rlhf"
     c.tokenizer = ""  # a local tokenizer directory, usually the checkpoint's
     # LLaMA-1 7B has Llama-2-7B's shapes (max positions 2048): the preset sizes the dry run
     c.model = ml_collections.ConfigDict(dict(

@@ -18,16 +18,17 @@ linear decay, grad-norm clip 10, reference-free (the ARM's reward has no referen
 `smoke` shrinks it to a random 2-layer Llama on the toy preference set (CPU, seconds).
 """
 
-from experiments import genarm_hh_rlhf
+from experiments import check_arg, genarm_hh_rlhf
 
 
 def get_config(arg: str = ""):
+    check_arg(arg, ("", "smoke"), __file__)
     c = genarm_hh_rlhf.get_config(arg)
     c.loss.kwargs.beta = 0.1
     c.lora.rank = 0  # full fine-tune
     if arg == "smoke":
         return c
-    c.workdir = "/tmp/jaxalign/genarm_ultrafeedback"
+    c.workdir = "results/genarm_ultrafeedback"
     c.model.update(dict(preset="llama-2-7b", vocab_size=32001, param_dtype="float32"))
     c.data.update(dict(max_length=2048, max_prompt_length=1024))
     # 3 epochs of the 61,135 train_prefs pairs at batch 32

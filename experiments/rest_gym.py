@@ -17,8 +17,11 @@ Writes rest.md (the table), rest.json and rest.png under the workdir. Full: 3 se
 
 import ml_collections
 
+from experiments import check_arg
+
 
 def get_config(arg: str = ""):
+    check_arg(arg, ("", "smoke"), __file__)
     smoke = arg == "smoke"
     c = ml_collections.ConfigDict()
     c.algorithm = "rest_gym"

@@ -41,13 +41,16 @@ at lr 1e-6 are lost in bf16 weights), bf16 reward model (frozen).
 
 import ml_collections
 
+from experiments import check_arg
+
 
 def get_config(arg: str = ""):
+    check_arg(arg, ("", "smoke"), __file__)
     if arg == "smoke":
         return smoke()
     c = ml_collections.ConfigDict()
     c.algorithm = "rest"
-    c.workdir = "/tmp/jaxalign/rest_llama3_8b"
+    c.workdir = "results/rest_llama3_8b"
     c.seed = 0
     c.start_over = False
     c.tokenizer = ""  # a local tokenizer directory, usually the policy checkpoint's
@@ -82,7 +85,7 @@ def get_config(arg: str = ""):
 def smoke():
     """Random 2-layer policy and reward model on toy data: BC, G=1 I=1, 4 steps a stage."""
     c = get_config()
-    c.workdir = "/tmp/jaxalign/rest_smoke"
+    c.workdir = "results/rest_llama3_8b_smoke"
     c.tokenizer = "toy"
     tiny = dict(preset="bench-tiny", hf_path="", vocab_size=64, initializer_range=0.02,
                 dtype="float32", param_dtype="float32", remat="none", scan_layers=True)

@@ -10,13 +10,16 @@ The default config trains 200 steps on 2048 pairs and exports a HF reward checkp
 
 import ml_collections
 
+from experiments import check_arg
+
 
 def get_config(arg: str = ""):
+    check_arg(arg, ("", "smoke"), __file__)
     smoke = arg == "smoke"
     steps = 30 if smoke else 200
     c = ml_collections.ConfigDict()
     c.algorithm = "reward_bt"
-    c.workdir = "/tmp/jaxalign/reward_toy"
+    c.workdir = "results/reward_toy"
     c.seed = 0
     c.tokenizer = "toy"
     c.model = ml_collections.ConfigDict(dict(

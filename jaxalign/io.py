@@ -9,15 +9,58 @@ leaves either a committed file or one that `is_committed` rejects (no marker, a 
 data that does not match it), and the writer simply writes it again. Nothing is renamed, so the
 same protocol holds on object stores (GCS, S3), which have no atomic rename but write each
 object whole. Only one process writes a given path (see `jaxalign.algorithms.driver` for who).
+
+Every file is opened with `open_for_write`, which refuses a symbolic link at the path (a link
+planted in a workdir would redirect the write to any file the run can write).
+
+One run per workdir: `WorkdirLock` (below) holds `<workdir>/.lock` for the run's lifetime.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
+import logging
 import os
+import pwd
+import socket
+import stat
+import threading
+import time
 
 MARKER = ".commit"
+log = logging.getLogger(__name__)
+
+
+def _open_nofollow(path: str, flags: int) -> int:
+    """os.open(path, flags | O_NOFOLLOW | O_CREAT); a link at `path` is a ValueError naming it."""
+    try:
+        return os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP or os.path.islink(path):
+            refuse_link(path)
+        raise
+
+
+def refuse_link(path: str | os.PathLike) -> None:
+    """A ValueError naming `path` when it is a symbolic link: jaxalign writes no file or
+    directory of a workdir through a link (one planted there could point anywhere)."""
+    path = os.fspath(path)
+    if os.path.islink(path):
+        raise ValueError(f"{path} is a symbolic link (to {os.readlink(path)}); jaxalign does not "
+                         "write through links inside a workdir. Remove the link (or use "
+                         "another workdir) and start again.")
+
+
+def open_for_write(path: str | os.PathLike, mode: str = "w"):
+    """`open(path, mode)` for mode "w", "wb", "a" or "ab", refusing a symbolic link at `path`
+    (O_NOFOLLOW: the check and the open are one system call, so no link can slip in between)."""
+    if mode not in ("w", "wb", "a", "ab"):
+        raise ValueError(f"open_for_write: mode {mode!r}; expected 'w', 'wb', 'a' or 'ab'")
+    flags = os.O_WRONLY | (os.O_APPEND if mode[0] == "a" else os.O_TRUNC)
+    return os.fdopen(_open_nofollow(os.fspath(path), flags), mode)
 
 
 def _sha256(data: bytes) -> str:
@@ -29,11 +72,12 @@ def write_committed(path: str | os.PathLike, data: str | bytes) -> None:
     path = os.fspath(path)
     raw = data.encode() if isinstance(data, str) else bytes(data)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    refuse_link(path + MARKER)
     if os.path.exists(path + MARKER):  # an old marker must never vouch for new bytes
         os.remove(path + MARKER)
     for target, payload in ((path, raw), (path + MARKER, json.dumps(
             {"bytes": len(raw), "sha256": _sha256(raw)}).encode())):
-        with open(target, "wb") as fh:
+        with open_for_write(target, "wb") as fh:
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
@@ -84,3 +128,149 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             except ValueError as e:
                 raise ValueError(f"{os.fspath(path)}:{i}: not JSON ({e})") from None
     return out
+
+
+# ---- one run per workdir ----
+
+class WorkdirBusy(RuntimeError):
+    """Another process holds the workdir (or left a lock this host cannot check)."""
+
+
+def check_owner(workdir: str | os.PathLike) -> None:
+    """Refuses a workdir that another user could tamper with: a directory (or link) on its path
+    that belongs to another user and sits in a world-writable sticky directory such as /tmp
+    (that user could plant links in it, or swap it, under the run). PermissionError naming it."""
+    me, p = os.getuid(), os.path.abspath(workdir)
+    while os.path.dirname(p) != p:
+        parent = os.path.dirname(p)
+        try:
+            st, parent_mode = os.lstat(p), os.stat(parent).st_mode
+        except FileNotFoundError:
+            p = parent
+            continue
+        shared = parent_mode & stat.S_IWOTH and parent_mode & stat.S_ISVTX
+        if shared and st.st_uid not in (me, 0):
+            try:
+                owner = pwd.getpwuid(st.st_uid).pw_name
+            except KeyError:
+                owner = f"uid {st.st_uid}"
+            raise PermissionError(
+                f"workdir {workdir}: {p} belongs to user {owner}, not to you, and sits in the "
+                f"world-writable directory {parent}; that user could plant links in it or "
+                "replace it. Use a workdir of your own (e.g. under your home directory).")
+        p = parent
+
+
+_held: dict[str, list] = {}  # lock file -> [fd, count]: the locks this process holds
+_held_mutex = threading.Lock()
+
+
+class WorkdirLock:
+    """One run per workdir: an exclusive `flock` on `<workdir>/.lock` for the run's lifetime.
+
+        with io.WorkdirLock(workdir):            # or lock = WorkdirLock(d).acquire(); ...release()
+            ...
+
+    The file holds {"host", "pid", "started"} of the holder. A second process is refused
+    (`WorkdirBusy`) naming them. The kernel drops a flock when its process dies however it
+    dies, so a lock left by a dead process on this host is taken over with a warning; one left
+    by a process of another host (whose liveness this host cannot check) is refused with how to
+    remove it. A clean release empties the file (it is never deleted: deleting a locked file
+    lets two processes lock two different files of the same name).
+
+    Re-entrant within a process: the entry point, the iteration driver and its trainers may
+    lock the same directory; each acquire is paired with one release. On several hosts (JAX
+    processes), process i > 0 locks `.lock.<i>`, so the processes of one run do not refuse each
+    other while two runs' process i do. The workdir is checked with `check_owner` first.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, process_index: int = 0):
+        self.workdir = os.path.abspath(workdir)
+        self.path = os.path.join(self.workdir, ".lock" if process_index == 0
+                                 else f".lock.{process_index}")
+        self._key = os.path.join(os.path.realpath(self.workdir), os.path.basename(self.path))
+        self._holding = False
+
+    def acquire(self) -> "WorkdirLock":
+        if self._holding:
+            return self
+        check_owner(self.workdir)
+        os.makedirs(self.workdir, exist_ok=True)
+        with _held_mutex:
+            if self._key in _held:
+                _held[self._key][1] += 1
+            else:
+                _held[self._key] = [self._lock_file(), 1]
+        self._holding = True
+        return self
+
+    def release(self) -> None:
+        if not self._holding:
+            return
+        self._holding = False
+        with _held_mutex:
+            entry = _held[self._key]
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _held[self._key]
+                os.ftruncate(entry[0], 0)  # a clean exit leaves no holder to report
+                os.close(entry[0])  # and drops the flock
+
+    def __enter__(self) -> "WorkdirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _lock_file(self) -> int:
+        fd = _open_nofollow(self.path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise WorkdirBusy(
+                f"workdir {self.workdir} is in use by another run: {holder or 'a process'} "
+                f"holds {self.path}. Wait for it to end (or stop it), or use another workdir."
+                ) from None
+        except OSError as e:  # a filesystem without flock (some network mounts): say so, go on
+            log.warning("%s: cannot lock (%s); this filesystem does not guard the workdir "
+                        "against a second run", self.path, e.strerror)
+        try:
+            self._take_over(fd)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                      "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+                                     ).encode(), 0)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _take_over(self, fd: int) -> None:
+        """The lock is ours; if the file names a holder, that process died without releasing."""
+        raw = os.pread(fd, 4096, 0)
+        if not raw.strip():
+            return
+        try:
+            old = json.loads(raw)
+            host = old["host"]
+        except (ValueError, TypeError, KeyError):
+            old, host = None, socket.gethostname()
+        if host != socket.gethostname():
+            raise WorkdirBusy(
+                f"{self.path} was left by {_holder(fd)}, which did not release it; this host "
+                f"({socket.gethostname()}) cannot tell whether that process still runs. If it "
+                f"does not, delete {self.path} and start again.")
+        log.warning("%s: taking over the lock of %s, which ended without releasing it",
+                        self.path, _holder(fd) if old else "a process (unreadable record)")
+
+
+def _holder(fd: int) -> str | None:
+    """'pid P on host H (started T)' from a lock file's record; None if it has none."""
+    try:
+        h = json.loads(os.pread(fd, 4096, 0))
+        return f"pid {h['pid']} on host {h['host']} (started {h['started']})"
+    except (ValueError, TypeError, KeyError):
+        return None

@@ -27,6 +27,11 @@ from jaxalign.gym import rest as rest_gym
 class Runner(NamedTuple):
     run: Callable  # run(config): trains / evaluates, writes under config.workdir
     dry_run: Callable | None = None  # dry_run(config): shapes and memory only, nothing runs
+    no_dry_run: str = ""  # why there is no dry run, said to whoever asks for one
+
+
+GYM = ("the gym runners train several small models on this machine; run the config's :smoke "
+       "argument for a check in about a minute")
 
 
 # config.algorithm -> its runner. A new algorithm is one line here.
@@ -35,10 +40,12 @@ RUNNERS = {
     # GenARM's autoregressive reward model: preference pairs, loss genarm.arm, no reference
     "arm": Runner(run_dpo.run, run_dpo.dry_run),
     "rest": Runner(run_rest.run, run_rest.dry_run),  # ReST from files: policy, RM, SFT data
-    "reward_bt": Runner(run_reward.run),  # a Bradley-Terry scalar reward model
-    "dpo_frontier": Runner(frontier.run),  # the gym's DPO reward-vs-KL frontier
-    "genarm_gym": Runner(genarm.run),  # the gym's GenARM guided-decoding study
-    "rest_gym": Runner(rest_gym.run),  # ReST's Table 1 on the gym (BC, G1I0, G1I4, G2I3)
+    "reward_bt": Runner(run_reward.run, no_dry_run=(  # a Bradley-Terry scalar reward model
+        "the reward-model runner has no abstract build yet; its :smoke config trains in "
+        "seconds")),
+    "dpo_frontier": Runner(frontier.run, no_dry_run=GYM),  # the gym's DPO reward-vs-KL frontier
+    "genarm_gym": Runner(genarm.run, no_dry_run=GYM),  # the gym's GenARM guided-decoding study
+    "rest_gym": Runner(rest_gym.run, no_dry_run=GYM),  # ReST's Table 1 on the gym
 }
 
 
@@ -55,8 +62,8 @@ def run_config(config, dry_run: bool = False):
         return runner.run(config)
     if runner.dry_run is None:
         with_dry_run = sorted(k for k, r in RUNNERS.items() if r.dry_run)
-        raise app.UsageError(f"--dry_run: algorithm {algorithm!r} has no dry run (algorithms "
-                             f"with one: {with_dry_run})")
+        raise app.UsageError(f"--dry_run: algorithm {algorithm!r} has no dry run: "
+                             f"{runner.no_dry_run} (algorithms with one: {with_dry_run})")
     return runner.dry_run(config)
 
 
@@ -73,7 +80,10 @@ def check_overrides(argv: list[str]) -> None:
         raise SystemExit(f"--config: cannot load {path!r}")
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    config = module.get_config(arg) if arg else module.get_config()
+    try:
+        config = module.get_config(arg) if arg else module.get_config()
+    except ValueError as e:  # e.g. an unknown config argument: the message names the known ones
+        raise SystemExit(f"--config {spec}: {e}") from None
     for a in argv:
         if not a.startswith("--config."):
             continue
@@ -88,7 +98,14 @@ def check_overrides(argv: list[str]) -> None:
 
 
 def cli() -> None:
-    """Defines the flags, checks the overrides, parses, sets the workdir, calls `run_config`."""
+    """Defines the flags, checks the overrides, parses, sets the workdir, calls `run_config`
+    holding the workdir (`io.WorkdirLock`: one run per workdir; a workdir another user could
+    tamper with is refused). A run stopped by SIGTERM after its checkpoint exits with code 75
+    (`trainer.EXIT_PREEMPTED`, EX_TEMPFAIL) so that a scheduler re-queues it."""
+    import jax
+
+    from jaxalign import io
+    from jaxalign.train.trainer import Preempted
     config_flag = config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]",
                                                   lock_config=True)
     workdir_flag = flags.DEFINE_string("workdir", None, "where checkpoints and results go")
@@ -104,6 +121,19 @@ def cli() -> None:
         if workdir_flag.value:
             with config.unlocked():
                 config.workdir = workdir_flag.value
-        run_config(config, dry_run=dry_run_flag.value)
+        if dry_run_flag.value or not config.get("workdir"):
+            run_config(config, dry_run=dry_run_flag.value)  # (a dry run writes nothing)
+            return
+        try:  # (on several hosts, jax.distributed.initialize() goes before process_index())
+            lock = io.WorkdirLock(config.workdir, jax.process_index()).acquire()
+        except (io.WorkdirBusy, PermissionError) as e:  # another run's, or not safely ours
+            raise SystemExit(f"jaxalign: {e}") from None
+        try:
+            run_config(config)
+        except Preempted as e:
+            print(f"jaxalign: {e} (exit code {e.code})", file=sys.stderr, flush=True)
+            raise
+        finally:
+            lock.release()
 
     app.run(main)

@@ -85,6 +85,22 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
     return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
 
 
+def data_parallel_size(mesh: Mesh) -> int:
+    """How many ways a batch's rows split: the product of the (data, fsdp) axes."""
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def check_batch_rows(rows: int, mesh: Mesh, micro_batches: int = 1, what: str = "a batch") -> None:
+    """A row count that does not split into `micro_batches`, then over the data-parallel
+    devices, is an error naming both numbers."""
+    dp = data_parallel_size(mesh)
+    if rows < 1 or rows % (micro_batches * dp):
+        within = f" into loop.micro_batches={micro_batches} micro-batches and" * (micro_batches > 1)
+        raise ValueError(f"{what} of {rows} rows does not split{within} over the {dp} "
+                         f"data-parallel devices of the mesh {dict(mesh.shape)}: use a multiple "
+                         f"of {micro_batches * dp}")
+
+
 def shard_bytes(shape: Sequence[int], dtype, sharding: NamedSharding) -> int:
     """Bytes one device holds of an array with this sharding (ceil for uneven splits)."""
     shard = sharding.shard_shape(tuple(shape))

@@ -39,6 +39,7 @@ import json
 import os
 import shutil
 import time
+import weakref
 from typing import Any, Callable, Sequence
 
 import jax
@@ -77,11 +78,15 @@ class Driver:
       iterations and run.json are deleted first).
     on_event: called with names like "grow:shard", "score:chunk", "build", "train:step",
       "phase:<name>" as work is committed (tests kill the process there).
+    The driver holds its workdir (`io.WorkdirLock`: a second process is refused, naming the
+    first one's host and pid) until `close()`, the end of a `with` block, or its collection.
     """
 
     def __init__(self, workdir: str, config: dict, *, start_over: bool = False,
                  on_event: Callable[[str], Any] | None = None):
         self.workdir = os.path.abspath(workdir)
+        lock = io.WorkdirLock(self.workdir, jax.process_index()).acquire()
+        self._unlock = weakref.finalize(self, lock.release)
         self.on_event = on_event or (lambda name: None)
         self.writer = jax.process_index() == 0
         config = json.loads(json.dumps(config, default=str))
@@ -100,6 +105,16 @@ class Driver:
                         shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
         if not io.is_committed(path) and self.writer:
             io.write_json(path, config)
+
+    def close(self) -> None:
+        """Releases the workdir."""
+        self._unlock()
+
+    def __enter__(self) -> "Driver":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def dir(self, iteration: int, phase: str) -> str:
         return os.path.join(self.workdir, f"iter_{iteration:03d}", phase)
@@ -194,6 +209,10 @@ def score_phase(d: str, records: Sequence[dict], score: ScoreStep, *, chunk_prom
             continue
         recs = [r for g in chunk for r in g]
         cols = score(recs)
+        if not isinstance(cols, dict):
+            raise ValueError(f"the score step must return {{column: values}}, got a "
+                             f"{type(cols).__name__} for the records from "
+                             f"{recs[0].get('_loc', 'memory')}")
         columns = columns or sorted(set(cols) | set(required))
         _check_scores(cols, recs, columns)
         rows = [{**{k: v for k, v in r.items() if k != "_loc"},
@@ -210,20 +229,35 @@ def score_phase(d: str, records: Sequence[dict], score: ScoreStep, *, chunk_prom
 
 
 def _check_scores(cols: dict, recs: list[dict], columns: list[str]) -> None:
+    """Every column a finite number per record (the scored files are strict JSON), else a
+    ValueError naming the record: its prompt id, sample and grow file:line."""
+    where = recs[0].get("_loc", f"prompt id {recs[0].get('id')!r}")
     for c in columns:
         if c not in cols:
             raise ValueError(f"score step returned no {c!r} column (it returned "
-                             f"{sorted(cols)}) for the records from {recs[0]['_loc']}")
-        v = np.asarray(cols[c], np.float64)
+                             f"{sorted(cols)}) for the records from {where}")
+        try:
+            v = np.asarray(cols[c], np.float64)
+        except (TypeError, ValueError):
+            v = np.asarray([_number(x) for x in np.asarray(cols[c], object).reshape(-1)])
         if v.shape != (len(recs),):
             raise ValueError(f"score step column {c!r} has shape {v.shape} for {len(recs)} "
-                             f"records (from {recs[0]['_loc']})")
+                             f"records (from {where})")
         bad = np.flatnonzero(~np.isfinite(v))
         if bad.size:
-            r = recs[bad[0]]
-            raise ValueError(f"score step gave {c}={v[bad[0]]} for the record of prompt id "
-                             f"{r['id']!r}, sample {r.get('sample')} ({r['_loc']}); "
-                             f"{bad.size} of {len(recs)} in this chunk are not finite")
+            r, x = recs[bad[0]], cols[c][bad[0]]
+            raise ValueError(f"score step gave {c}={x!r} for the record of prompt id "
+                             f"{r.get('id')!r}, sample {r.get('sample')} "
+                             f"({r.get('_loc', 'no file')}); {bad.size} of {len(recs)} in this "
+                             f"chunk are not finite numbers")
+
+
+def _number(x) -> float:
+    """x as a float; NaN for what is not a number (then named by `_check_scores`)."""
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def read_scored(d: str, summary: dict) -> list[dict]:
@@ -277,7 +311,9 @@ def train_phase(d: str, trainer, train_iter, *, select: str = "last",
     """Trains with `trainer` (a `jaxalign.train.Trainer` whose workdir is `d`, so a killed phase
     resumes from its last checkpoint) over `train_iter`, then saves the policy it hands on: the
     best checkpoint's params by `loop.best_metric` (`select="best"`, the ReST paper's choice) or
-    the last. `hand_on["params"]` receives them, so the caller need not read them back."""
+    the last. `hand_on["params"]` receives them, so the caller need not read them back.
+    SIGTERM: the trainer's `Preempted` propagates (after its checkpoint; the phase stays
+    undone, so the same command resumes it)."""
     from jaxalign.train.trainer import run_loop
     if select not in ("best", "last"):
         raise ValueError(f"select must be 'best' or 'last', got {select!r}")
@@ -286,6 +322,7 @@ def train_phase(d: str, trainer, train_iter, *, select: str = "last",
         run_loop(t, train_iter, on_step=lambda step: on_event("train:step"))
         params = t.restore_best() if select == "best" else t.params
         best = _best_step(t) if select == "best" else None
+    io.refuse_link(os.path.join(d, "policy"))  # Orbax's force=True would delete a link's target
     save_policy(d, params)
     if hand_on is not None:
         hand_on["params"] = params

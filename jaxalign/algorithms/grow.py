@@ -8,7 +8,8 @@
 prompts: a JSONL file of {"prompt": str | messages, "id"?: str | int} rows (read
 with jaxalign.data: a malformed row raises DataError naming file and line), or an in-memory
 list of strings or such dicts. A prompt's id (default: its index in the dataset) seeds its
-random keys, so its completions do not depend on sharding, batching or restarts.
+random keys, so its completions do not depend on sharding, batching or restarts. Ids must be
+unique (17 and "17" are the same id); a repeated one is refused, naming both rows.
 
 Output: out_dir/shard-00000-of-00004.jsonl, ...: shard k holds prompts [k * shard_size,
 (k + 1) * shard_size), one line per (prompt, sample):
@@ -16,12 +17,17 @@ Output: out_dir/shard-00000-of-00004.jsonl, ...: shard k holds prompts [k * shar
    text: see sampling.completion_text), "prompt_tokens",
    "tokens" (the stop token included), "logprobs" (sampling distribution), "model_logprobs"
    (unmodified policy), "length", "stop_reason" ("stop" | "length"), "score" (with score_fn)}
+Every number written is finite (the shards are strict JSON): a non-finite score is an error
+naming its record (prompt id and sample); the Sampler never returns non-finite log-probs.
 A shard is written with `jaxalign.io.write_committed` (the data, then a marker that vouches for
 its bytes; no rename, so object stores work too): a killed run leaves only whole shards and a
-restarted run skips them. out_dir/grow.json records the settings (with the tokenizer's
-fingerprint and the model's vocabulary size: the shards' ids mean nothing under another);
-restarting with different ones is an error naming them (the finished shards would not
-match). `read_shards` reads committed shards only.
+restarted run skips them. out_dir/grow.json records what the records depend on: the settings
+(as JSON gives them back: a tuple of stop ids is a list), a digest of the prompts, the
+sampler's own settings, the tokenizer's fingerprint and the model's vocabulary size (the
+shards' ids mean nothing under another), a fingerprint of the weights (`Sampler.weights`:
+policy and guides) and the score function (`score_id`, default its qualified name).
+Restarting with any of them changed is an error naming what changed (the finished shards
+would not match). `read_shards` reads committed shards only.
 
 Multi-host: every process samples its own slice of each shard's prompts (`Sampler.stream` with
 their global ids) and writes it as its own part, `shard-...jsonl.part-00001-of-00004`, committed
@@ -31,6 +37,7 @@ process the part is the shard file itself.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -38,11 +45,14 @@ import time
 from typing import Any, Callable, Sequence
 
 import jax
+import numpy as np
 from tqdm.auto import tqdm
 
 from jaxalign import io
+from jaxalign.checksum import data_fingerprint, tree_fingerprint
 from jaxalign.data.readers import read_examples
 from jaxalign.sampling import Sampler
+from jaxalign.sampling.prompts import key_id
 
 # (prompts, completions) -> one score per pair; called once per finished batch with the N pairs
 # of its prompts (each prompt repeated for its n consecutive completions), as
@@ -51,17 +61,43 @@ ScoreFn = Callable[[list, list[str]], Sequence[float]]
 
 
 def read_prompts(source: str | os.PathLike | Sequence) -> list[dict]:
-    """[{"id", "prompt"}] from a JSONL path (ids: str) or a list of strings / dicts (ids: int)."""
+    """[{"id", "prompt", "where"}] from a JSONL path (ids: str; where: "path:line") or a list of
+    strings / dicts (ids: int by default, else str or int as given; where: "prompt i")."""
     if isinstance(source, (str, os.PathLike)):
-        return [{"id": ex["id"], "prompt": ex["prompt"]}
+        return [{"id": ex["id"], "prompt": ex["prompt"], "where": ex["location"]}
                 for ex in read_examples("prompt", source)]
     out = []
     for i, row in enumerate(source):
         row = {"prompt": row} if isinstance(row, str) else dict(row)
         if not row.get("prompt"):
             raise ValueError(f"prompt {i}: missing or empty 'prompt'")
-        out.append({"id": row.get("id", i), "prompt": row["prompt"]})
+        rid = row.get("id", i)
+        if isinstance(rid, (bool, np.bool_)) or not isinstance(rid, (str, int, np.integer)):
+            raise ValueError(f"prompt {i}: 'id' must be a string or an int, got {rid!r}")
+        out.append({"id": rid if isinstance(rid, str) else int(rid), "prompt": row["prompt"],
+                    "where": f"prompt {i}"})
     return out
+
+
+def check_ids(rows: list[dict], shard_size: int) -> None:
+    """Prompt ids are unique (as strings: 17 and "17" seed the same random stream), and no two
+    prompts of a shard (one Sampler call) share a 32-bit key id (`key_id` hashes other ids)."""
+    first: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        j = first.setdefault(str(r["id"]), i)
+        if j != i:
+            raise ValueError(f"prompt ids must be unique: {r['where']} has id {r['id']!r}, as "
+                             f"{rows[j]['where']} has ({rows[j]['id']!r})")
+    for start in range(0, len(rows), shard_size):
+        keys: dict[int, int] = {}
+        for i in range(start, min(start + shard_size, len(rows))):
+            j = keys.setdefault(key_id(rows[i]["id"]), i)
+            if j != i:
+                raise ValueError(
+                    f"the ids {rows[j]['id']!r} ({rows[j]['where']}) and {rows[i]['id']!r} "
+                    f"({rows[i]['where']}) hash to the same random key id "
+                    f"{key_id(rows[i]['id'])}, so they would share their random streams: "
+                    f"give one of them another id")
 
 
 def _policy(policy, tokenizer, mesh, sampler_kw) -> Sampler:
@@ -73,18 +109,59 @@ def _policy(policy, tokenizer, mesh, sampler_kw) -> Sampler:
     return Sampler(cfg, params, tokenizer, mesh=mesh, **sampler_kw)
 
 
+def _json(x):
+    """numpy scalars and arrays as the JSON values they hold (for recorded settings)."""
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    raise ValueError(f"grow records its settings in grow.json; a {type(x).__name__} ({x!r}) "
+                     "cannot be recorded: pass plain numbers, strings and lists")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+# What a grow.json key means, where its name does not say it.
+_LABELS = {"weights": "weights (a fingerprint of the sampler's policy and guide params)",
+           "prompts": "prompts (a digest of their ids and texts)",
+           "score_fn": "score_fn (score_id, default the function's qualified name)"}
+
+
 def _check_settings(out_dir: str, settings: dict) -> None:
+    """Records `settings` in out_dir/grow.json, or checks they equal the recorded ones. Both
+    sides are compared as JSON gives them back (a tuple is a list, a numpy float a float)."""
+    settings = json.loads(json.dumps(settings, default=_json))
     path = os.path.join(out_dir, "grow.json")
     if io.is_committed(path):
-        old = io.read_json(path)
-        if old != settings:
-            diff = {k: (old.get(k), settings.get(k)) for k in set(old) | set(settings)
-                    if old.get(k) != settings.get(k)}
-            raise ValueError(f"{out_dir} holds a grow run with other settings {diff} "
-                             "(was, now): use another out_dir")
+        old, new = _flat(io.read_json(path)), _flat(settings)
+        show = lambda d, k: repr(d[k]) if k in d else "absent"
+        diff = [f"{_LABELS.get(k, k)}: was {show(old, k)}, now {show(new, k)}"
+                for k in sorted(set(old) | set(new)) if k not in old or old[k] != new.get(k)]
+        if diff:
+            raise ValueError(
+                f"{out_dir} holds a grow run with other settings ({'; '.join(diff)}): its "
+                f"finished shards would not match this run's. To resume it, run with the "
+                f"settings recorded in {path}; to start over, delete {out_dir} or pass "
+                f"another out_dir")
         return
     if jax.process_index() == 0:
         io.write_json(path, settings)
+
+
+def callable_id(fn: Callable | None) -> str | None:
+    """"module.qualified_name" of a function (of a partial's function, of a callable's class)."""
+    if fn is None:
+        return None
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if not hasattr(fn, "__qualname__"):
+        fn = type(fn)
+    return f"{getattr(fn, '__module__', '?')}.{fn.__qualname__}"
 
 
 def tokenizer_fingerprint(tokenizer) -> str | None:
@@ -108,17 +185,49 @@ def shard_done(path: str, count: int | None = None) -> bool:
     return all(io.is_committed(p) for p in part_paths(path, count))
 
 
+def _name(row: dict, j: int) -> str:
+    return f"the record of prompt id {row['id']!r} ({row['where']}), sample {j}"
+
+
+def _scores(rows: list[dict], out, pairs, score_fn: ScoreFn) -> list[float]:
+    """score_fn's scores of the pairs: one finite number each (else ValueError naming one)."""
+    got = score_fn([rows[k]["prompt"] for k, _ in pairs], [out.texts[k][j] for k, j in pairs])
+    try:
+        scores = np.asarray(got, np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"score_fn must return one number per (prompt, completion) pair, "
+                         f"got {str(got)[:100]}") from None
+    if scores.shape != (len(pairs),):
+        raise ValueError(f"score_fn returned {scores.size} scores (shape {scores.shape}) for "
+                         f"{len(pairs)} (prompt, completion) pairs")
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        k, j = pairs[bad[0]]
+        value = got[bad[0]] if isinstance(got, (list, tuple)) else scores[bad[0]]
+        raise ValueError(f"score_fn gave {value!r} for {_name(rows[k], j)}: scores must be "
+                         f"finite numbers ({bad.size} of {len(pairs)} in this batch are not)")
+    return scores.tolist()
+
+
+def _check_finite(rows: list[dict], out) -> None:
+    """The log-probs written are finite: the shards are strict JSON."""
+    for name in ("logprobs", "model_logprobs", "guide_logprobs"):
+        x = getattr(out, name)
+        bad = np.argwhere(~np.isfinite(x.reshape(x.shape[:2] + (-1,))).all(-1))
+        if bad.size:
+            k, j = bad[0]
+            hint = (" (a guide with alpha 0 gave the token probability 0)"
+                    if name == "guide_logprobs" else "")
+            raise ValueError(f"{name} of {_name(rows[k], j)} are not finite{hint}: the "
+                             "shards are strict JSON")
+
+
 def _records(rows: list[dict], out, score_fn: ScoreFn | None) -> list[dict]:
     """The batch's records, prompt-major (n consecutive samples per prompt), scored."""
     n = out.lengths.shape[1]
     pairs = [(k, j) for k in range(len(rows)) for j in range(n)]
-    scores = None
-    if score_fn is not None:
-        scores = [float(x) for x in score_fn([rows[k]["prompt"] for k, _ in pairs],
-                                             [out.texts[k][j] for k, j in pairs])]
-        if len(scores) != len(pairs):
-            raise ValueError(f"score_fn returned {len(scores)} scores for {len(pairs)} "
-                             "(prompt, completion) pairs")
+    _check_finite(rows, out)
+    scores = None if score_fn is None else _scores(rows, out, pairs, score_fn)
     records = []
     for i, (k, j) in enumerate(pairs):
         L = int(out.lengths[k, j])
@@ -136,13 +245,15 @@ def _records(rows: list[dict], out, score_fn: ScoreFn | None) -> list[dict]:
 
 
 def grow(prompts, policy, *, out_dir: str, n: int, tokenizer=None, shard_size: int = 256,
-         batch_size: int = 32, score_fn: ScoreFn | None = None, seed: int = 0, mesh=None,
-         progress: bool = True, sampler_kw: dict | None = None,
+         batch_size: int = 32, score_fn: ScoreFn | None = None, score_id: str | None = None,
+         seed: int = 0, mesh=None, progress: bool = True, sampler_kw: dict | None = None,
          on_shard: Callable[[str], Any] | None = None, **sampling) -> list[str]:
     """Writes every shard not yet in out_dir; returns the paths of all shards.
 
     policy: a Sampler, a HF checkpoint dir, or (ModelConfig, params) (then pass tokenizer).
     batch_size: prompts per compiled batch (batch_size * n rows). score_fn: see ScoreFn.
+    score_id: the score function's identity in grow.json (default: its qualified name); a
+      restart whose score function has another is refused.
     sampling: Sampler.stream arguments (max_new_tokens, temperature, top_p, ...);
     sampler_kw: Sampler arguments when the sampler is built here (max_len, buckets, ...).
     on_shard: called with a shard's path once it is committed.
@@ -152,12 +263,20 @@ def grow(prompts, policy, *, out_dir: str, n: int, tokenizer=None, shard_size: i
     rows = read_prompts(prompts)
     if not rows:
         raise ValueError("no prompts")
+    check_ids(rows, shard_size)
     sampler = _policy(policy, tokenizer, mesh, sampler_kw or {})
     os.makedirs(out_dir, exist_ok=True)
-    _check_settings(out_dir, {"n": n, "seed": seed, "shard_size": shard_size,
-                              "num_prompts": len(rows), "sampling": sampling,
-                              "tokenizer": tokenizer_fingerprint(sampler.tokenizer),
-                              "vocab_size": sampler.cfg.vocab_size})
+    _check_settings(out_dir, {
+        "n": n, "seed": seed, "shard_size": shard_size, "num_prompts": len(rows),
+        "prompts": data_fingerprint([[r["id"], r["prompt"]] for r in rows])[:16],
+        "sampling": sampling, "sampler": {
+            "max_len": sampler.max_len, "stop_ids": sampler.stop_ids, "pad_id": sampler.pad_id,
+            "guide_weights": sampler.guide_weights, "guide_convention": sampler.guide_convention,
+            "crop_vocab": sampler.crop_vocab},
+        "tokenizer": tokenizer_fingerprint(sampler.tokenizer),
+        "vocab_size": sampler.cfg.vocab_size,
+        "weights": tree_fingerprint(sampler.weights())[:16],
+        "score_fn": score_id if score_id is not None else callable_id(score_fn)})
     count = -(-len(rows) // shard_size)
     paths = [os.path.join(out_dir, f"shard-{k:05d}-of-{count:05d}.jsonl") for k in range(count)]
     todo = [k for k in range(count) if not shard_done(paths[k])]

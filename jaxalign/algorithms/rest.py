@@ -90,9 +90,20 @@ class RestSettings:
         if any(not 0.0 <= p <= 100.0 for p in self.percentiles):
             raise ValueError(f"rest.percentiles must lie in [0, 100], got "
                              f"{list(self.percentiles)}")
-        for name in ("grow_steps", "improve_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"rest.{name} must be >= 0, got {getattr(self, name)}")
+        for name, low in (("grow_steps", 0), ("improve_steps", 0), ("samples", 1),
+                          ("max_new_tokens", 1), ("bc_steps", 0), ("improve_train_steps", 1),
+                          ("eval_every", 0), ("eval_samples", 1), ("shard_size", 1),
+                          ("score_chunk", 1), ("sample_batch", 1)):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
+                raise ValueError(f"rest.{name} must be an integer >= {low}, got {v!r}")
+        if not (np.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"rest.temperature must be finite and >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"rest.top_p must lie in (0, 1], got {self.top_p}")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ValueError(f"rest.lr_decay (each improve step's learning-rate factor) must lie"
+                             f" in (0, 1], got {self.lr_decay}")
 
 
 def rest_settings(section) -> RestSettings:
@@ -293,6 +304,7 @@ def run_rest(s: RestSettings, *, policy: tuple, tokenizer, data: Sequence[dict],
                            "label": "BC" if t == 0 else f"G{t}I{i}"})
         stages[-1]["skipped"] = skipped
         event("iteration")
+    drv.close()  # (on an error, the driver releases the workdir when it is collected)
     return {"stages": stages, "policy": policy_params()}
 
 

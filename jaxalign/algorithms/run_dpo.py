@@ -27,9 +27,10 @@ import jax
 import numpy as np
 
 from jaxalign import losses
-from jaxalign.algorithms.runner import (Mapped, load_policy, pair_weight,
-                                        resolve_model_config, toy_data_paths)
-from jaxalign.data import BatchIterator, load_dataset
+from jaxalign.algorithms.runner import (Mapped, dataset_fingerprint, load_policy, load_split,
+                                        loop_and_optimizer, pair_weight, resolve_model_config,
+                                        toy_data_paths)
+from jaxalign.data import BatchIterator
 from jaxalign.models.hf import save_hf
 from jaxalign.models.transformer import param_logical_axes
 from jaxalign.objectives import (check_columns, precompute_reference_logps, preference_objective,
@@ -77,6 +78,17 @@ def check_reference(config) -> None:
                          f"dpo.reference_free)") from None
 
 
+def reference_table(config, cfg, ref_params, ds, split: str):
+    """The reference log-probs of every row of `ds`, precomputed once into
+    `<workdir>/ref_logps_<split>.npz` and reused while the dataset and the reference weights
+    are the ones it was computed for (else recomputed)."""
+    batches = (pair_weight(b) for b in BatchIterator(
+        ds, batch_size=config.data.batch_size, shuffle=False, num_epochs=1))
+    return precompute_reference_logps(
+        cfg, ref_params, batches, os.path.join(config.workdir, f"ref_logps_{split}.npz"),
+        dataset=dataset_fingerprint(ds))
+
+
 def build(config):
     """Everything `train` needs, plus the tokenizer and datasets for evaluation.
 
@@ -86,13 +98,14 @@ def build(config):
     check_reference(config)
     lcfg = lora_config(config)
     mesh = make_mesh(**config.mesh)
+    loop_and_optimizer(config, mesh)  # every loop / optim / batch setting, checked first
     tokenizer, cfg, params = load_policy(config, mesh)
     train_path, eval_path = toy_data_paths(config)
     d = config.data
     kw = dict(max_length=d.max_length, max_prompt_length=d.max_prompt_length,
               truncation_mode=d.truncation_mode, on_error=d.on_error)
-    train_ds, _ = load_dataset("preference", train_path, tokenizer, **kw)
-    eval_ds, _ = load_dataset("preference", eval_path, tokenizer, **kw)
+    train_ds = load_split("preference", train_path, tokenizer, "train", **kw)
+    eval_ds = load_split("preference", eval_path, tokenizer, "eval", **kw)
     # The trainer donates its state: a full fine-tune's reference must be a copy. With LoRA
     # the state holds only the adapters and the base, never updated, is the reference.
     if config.reference == "none":
@@ -105,16 +118,16 @@ def build(config):
         eval_ds, batch_size=d.batch_size, shuffle=False, num_epochs=1)]
     objective_ref = ref_params if config.reference == "on_the_fly" else None
     if config.reference == "precomputed":
-        table_batches = (pair_weight(b) for b in BatchIterator(
-            train_ds, batch_size=d.batch_size, shuffle=False, num_epochs=1))
-        table = precompute_reference_logps(
-            cfg, ref_params, table_batches, os.path.join(config.workdir, "ref_logps.npz"))
-        train_it = Mapped(train_it, lambda b: with_reference_logps(b, table))
+        train_table, eval_table = (reference_table(config, cfg, ref_params, ds, split)
+                                   for ds, split in ((train_ds, "train"), (eval_ds, "eval")))
+        train_it = Mapped(train_it, lambda b: with_reference_logps(b, train_table))
+        eval_batches = [with_reference_logps(b, eval_table) for b in eval_batches]
     objective = preference_objective(cfg, loss=config.loss.name,
                                      loss_kwargs=dict(config.loss.kwargs),
                                      ref_params=objective_ref,
-                                     lean_logprobs=config.get("lean_logprobs", False))
-    if eval_batches:  # train batches have the same columns (plus precomputed ref_*_logps)
+                                     lean_logprobs=config.get("lean_logprobs", False),
+                                     precomputed=config.reference == "precomputed")
+    if eval_batches:  # train batches have the same columns
         check_columns(objective, eval_batches[0], f"{eval_path} batches")
     train_params, logical_axes = params, None
     if lcfg:
@@ -157,11 +170,10 @@ def run(config):
     With LoRA the state's params are the adapters; `policy_params(built, state)` merges them.
     """
     b = build(config)
-    optimizer, _ = make_optimizer(**config.optim)
+    loop, optimizer = loop_and_optimizer(config, b["mesh"])
     est = memory_estimate(config, b["cfg"], optimizer, b["mesh"], params=b["params"],
                           adapters=b["train_params"] if b["lora"] else None)
     print(f"memory per device (estimate):\n{est.table()}", flush=True)
-    loop = LoopConfig(workdir=config.workdir, seed=config.seed, **config.loop)
     state = train(loop, objective=b["objective"], optimizer=optimizer, params=b["train_params"],
                   model_cfg=b["cfg"], train_iter=b["train_it"], eval_batches=b["eval_batches"],
                   mesh=b["mesh"], meta={"config": config.to_json_best_effort()},
@@ -205,7 +217,8 @@ def dry_run(config) -> dict:
         objective = preference_objective(cfg, loss=config.loss.name,
                                          loss_kwargs=dict(config.loss.kwargs),
                                          ref_params=base if on_the_fly else None,
-                                         lean_logprobs=config.get("lean_logprobs", False))
+                                         lean_logprobs=config.get("lean_logprobs", False),
+                                         precomputed=config.reference == "precomputed")
         check_columns(objective, batch, "the dry run's batch")
         if lcfg:
             objective = lora.lora_objective(objective, base, lcfg)
@@ -216,7 +229,7 @@ def dry_run(config) -> dict:
         raise AssertionError("train step changes the state's structure")
     report = {"model": cfg, "metrics": sorted(metrics), "estimates": {}, "lora": lcfg,
               "trainable": lora.param_count(state.params)}
-    for name, m in config.dry_run_meshes.items():
+    for name, m in (config.get("dry_run_meshes") or {}).items():
         m = dict(m)
         hbm = m.pop("hbm_gib", None)
         est = memory_estimate(config, cfg, optimizer, abstract_mesh(**m), params=params,

@@ -37,9 +37,9 @@ import numpy as np
 
 from jaxalign import io
 from jaxalign.algorithms.rest import rest_settings, run_rest
-from jaxalign.algorithms.runner import (load_policy, load_tokenizer, model_overrides,
+from jaxalign.algorithms.runner import (load_policy, load_split, load_tokenizer, model_overrides,
                                         resolve_model_config)
-from jaxalign.data import Encoder, load_dataset, read_examples, toy
+from jaxalign.data import Encoder, read_examples, toy
 from jaxalign.models import init_params
 from jaxalign.models.sizing import abstract_mesh, param_bytes_per_device, param_count
 from jaxalign.models.transformer import init_cache
@@ -82,9 +82,9 @@ def _as_turns(prompt, chat: bool):
 def read_d(path: str, tokenizer, d) -> list[dict]:
     """D as run_rest's rows {"id" (row index), "prompt", "completion" (text), "prompt_tokens",
     "tokens"}: the token ids of load_dataset("sft"), the text of the same rows."""
-    ds, _ = load_dataset("sft", path, tokenizer, max_length=d.max_length,
-                         max_prompt_length=d.max_prompt_length,
-                         truncation_mode=d.truncation_mode, chat=d.chat, on_error=d.on_error)
+    ds = load_split("sft", path, tokenizer, "train", max_length=d.max_length,
+                    max_prompt_length=d.max_prompt_length, truncation_mode=d.truncation_mode,
+                    chat=d.chat, on_error=d.on_error)
     # load_dataset skips bad rows (reader or tokenizer errors); `locations` names the kept ones
     examples = {ex["location"]: ex for ex in read_examples("sft", path, on_error="skip")}
     enc = Encoder(tokenizer, chat=d.chat)
@@ -276,7 +276,7 @@ def dry_run(config) -> dict:
               "estimates": {}, "hbm": {}}
     print(f"policy {report['param_count']:,} parameters, reward model "
           f"{report['reward_param_count']:,}", flush=True)
-    for name, m in config.dry_run_meshes.items():
+    for name, m in (config.get("dry_run_meshes") or {}).items():
         m = dict(m)
         hbm = m.pop("hbm_gib", None)
         est = memory_estimate(config, cfg, rcfg, optimizer, abstract_mesh(**m))

@@ -19,16 +19,16 @@ import os
 
 import jax
 
-from jaxalign.algorithms.runner import (Mapped, load_tokenizer, model_overrides, pair_weight,
-                                        resolve_model_config, toy_data_paths)
-from jaxalign.data import BatchIterator, load_dataset
+from jaxalign.algorithms.runner import (Mapped, load_split, load_tokenizer, loop_and_optimizer,
+                                        model_overrides, pair_weight, resolve_model_config,
+                                        toy_data_paths)
+from jaxalign.data import BatchIterator
 from jaxalign.models.hf import load_hf
 from jaxalign.objectives import bradley_terry_objective, check_columns, pairwise_accuracy
 from jaxalign.reward.hf import load_reward_hf, save_reward_hf
 from jaxalign.reward.model import init_reward_params, reward_logical_axes
 from jaxalign.sharding import make_mesh
-from jaxalign.train.optim import make_optimizer
-from jaxalign.train.trainer import LoopConfig, place_params, train
+from jaxalign.train.trainer import place_params, train
 
 
 def load_reward_model(mc, seed: int, mesh, pad_token_id: int | None):
@@ -48,6 +48,7 @@ def load_reward_model(mc, seed: int, mesh, pad_token_id: int | None):
 def run(config):
     """Trains (resuming from the workdir's checkpoints) -> dict(cfg, state, eval_accuracy)."""
     mesh = make_mesh(**config.mesh)
+    loop, optimizer = loop_and_optimizer(config, mesh)  # checked before anything compiles
     tokenizer = load_tokenizer(config.tokenizer)
     cfg, params = load_reward_model(config.model, config.seed, mesh, tokenizer.pad_token_id)
     if len(tokenizer) > cfg.vocab_size:
@@ -57,8 +58,8 @@ def run(config):
     kw = dict(max_length=d.max_length, max_prompt_length=d.max_prompt_length,
               truncation_mode=d.truncation_mode, on_error=d.on_error)
     train_path, eval_path = toy_data_paths(config)
-    train_ds, _ = load_dataset("preference", train_path, tokenizer, **kw)
-    eval_ds, _ = load_dataset("preference", eval_path, tokenizer, **kw)
+    train_ds = load_split("preference", train_path, tokenizer, "train", **kw)
+    eval_ds = load_split("preference", eval_path, tokenizer, "eval", **kw)
     train_it = Mapped(BatchIterator(train_ds, batch_size=d.batch_size, seed=config.seed),
                       pair_weight)
     eval_batches = [pair_weight(b) for b in BatchIterator(
@@ -66,9 +67,7 @@ def run(config):
     objective = bradley_terry_objective(cfg, margin=config.loss.margin)
     if eval_batches:  # train batches have the same columns
         check_columns(objective, eval_batches[0], f"{eval_path} batches")
-    optimizer, _ = make_optimizer(**config.optim)
     before = pairwise_accuracy(cfg, params, eval_batches)
-    loop = LoopConfig(workdir=config.workdir, seed=config.seed, **config.loop)
     state = train(loop, objective=objective, optimizer=optimizer, params=params, model_cfg=cfg,
                   train_iter=train_it, eval_batches=eval_batches, mesh=mesh,
                   logical_axes=reward_logical_axes(cfg),

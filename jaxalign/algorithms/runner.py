@@ -13,15 +13,19 @@ dtype overrides `dtype`, `param_dtype`, `remat`, `scan_layers` (`model_overrides
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import jax
 import numpy as np
 
-from jaxalign.data import toy
+from jaxalign.data import load_dataset, toy
+from jaxalign.data.tokenize import load_tokenizer_dir
 from jaxalign.models import ModelConfig, init_params
 from jaxalign.models.presets import preset
-from jaxalign.train.trainer import place_params
+from jaxalign.sharding import check_batch_rows
+from jaxalign.train.optim import make_optimizer
+from jaxalign.train.trainer import LoopConfig, place_params
 
 OVERRIDES = ("dtype", "param_dtype", "remat", "scan_layers")
 
@@ -51,13 +55,25 @@ def pair_weight(batch: dict) -> dict:
     return {**batch, "weight": batch["chosen_mask"].any(-1).astype(np.float32)}
 
 
+def dataset_fingerprint(ds) -> str:
+    """A sha256 hex digest of a TokenizedDataset's token ids (every record, in order)."""
+    h = hashlib.sha256(f"{ds.kind}:{ds.pad_id}:{len(ds)}".encode())
+    for r in ds.records:
+        for k in sorted(r):
+            v = r[k]
+            h.update(k.encode())
+            for a in (v if isinstance(v, list) else [v]):
+                h.update(np.ascontiguousarray(a).tobytes() if not isinstance(a, str)
+                         else a.encode())
+    return h.hexdigest()
+
+
 def load_tokenizer(spec: str):
     """"toy" (`jaxalign.data.toy`'s word tokenizer) or a local tokenizer directory (no remote
     code, nothing downloaded)."""
     if spec == "toy":
         return toy.word_tokenizer()
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(spec, trust_remote_code=False, local_files_only=True)
+    return load_tokenizer_dir(spec)
 
 
 def model_overrides(mc) -> dict:
@@ -70,7 +86,8 @@ def resolve_model_config(mc) -> ModelConfig:
     weights read)."""
     if mc.get("hf_path"):
         from jaxalign.models.hf_config import config_from_hf, read_hf_config
-        return config_from_hf(read_hf_config(mc.hf_path), **model_overrides(mc))
+        return config_from_hf(read_hf_config(mc.hf_path),
+                              where=os.path.join(mc.hf_path, "config.json"), **model_overrides(mc))
     cfg = preset(mc.preset, **model_overrides(mc))
     for key in ("vocab_size", "initializer_range"):
         if mc.get(key):
@@ -97,6 +114,28 @@ def load_model(mc, seed: int, mesh):
     cfg = resolve_model_config(mc)
     params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(seed))
     return cfg, place_params(params, cfg, mesh)
+
+
+def load_split(kind: str, path: str, tokenizer, key: str, **kw):
+    """`load_dataset(kind, path, ...)` of `config.data.<key>`; an unset path, or a file without
+    a usable row, is an error naming the setting and the file."""
+    if not path:
+        raise ValueError(f"config.data.{key} is not set: give a .jsonl, .json or .parquet file"
+                         f" (or data.toy=True for the built-in toy set, where the runner has one)")
+    ds, report = load_dataset(kind, path, tokenizer, **kw)
+    if not len(ds):
+        raise ValueError(f"config.data.{key} = {path}: no usable {kind} rows (an empty file, or "
+                         f"every row skipped: {report})")
+    return ds
+
+
+def loop_and_optimizer(config, mesh):
+    """(LoopConfig, optimizer) of `config.loop` / `config.optim`, with the batch size checked
+    against the mesh: every setting the trainer uses, validated before anything compiles."""
+    loop = LoopConfig(workdir=config.workdir, seed=config.seed, **config.loop)
+    optimizer, _ = make_optimizer(**config.optim)
+    check_batch_rows(config.data.batch_size, mesh, loop.micro_batches, "config.data.batch_size")
+    return loop, optimizer
 
 
 def toy_data_paths(config) -> tuple[str, str]:

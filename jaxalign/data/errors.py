@@ -1,9 +1,10 @@
 """Bad rows: one error type that names where the row came from, and a report of skipped rows.
 
 Every check in `jaxalign.data` raises `DataError(location, reason, message)`; its text reads
-`data/train.jsonl:17: field 'chosen' is missing` (JSONL: 1-based line; Parquet: `path:row 16`,
-0-based row index). A loader called with `on_error="skip"` catches it, counts it in a `Report`
-by `reason` and logs a warning at the end: a row is never dropped without being counted.
+`data/train.jsonl:17: field 'chosen' is missing` (JSONL: 1-based line; Parquet and JSON
+arrays: `path:row 16`, 0-based row index). A loader called with `on_error="skip"` catches
+it, counts it in a `Report` by `reason` and logs a warning at the end: a row is never dropped
+without being counted. A file that cannot be read at all ("unreadable_file") is never skipped.
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ REASONS = (
     "no_final_assistant",  # a messages list whose last turn is not the assistant's
     "prompt_mismatch",  # chosen and rejected disagree on the prompt
     "tokenization",  # prompt tokens are not a prefix of prompt+completion tokens
+    "identical_tokens",  # chosen and rejected ids equal after tokenization / truncation
     # Rows of token ids (generated.py) and scalar columns:
     "empty_prompt",
     "out_of_vocab",  # a token id outside [0, vocab_size): made with another tokenizer?
     "too_long",  # longer than max_length (generated rows are never truncated)
     "non_finite",  # a column value that is NaN or infinite
     "group_size",  # a group record whose K differs from the dataset's
+    # A whole file (corrupt gzip or Parquet, JSON that is not rows): always raised, never skipped.
+    "unreadable_file",
 )
 
 

@@ -96,6 +96,9 @@ def _record(kind: str, row: Mapping, loc: str, columns: dict[str, str],
     else:
         for name in FIELDS[kind][1:]:
             record[name] = _completion(row[name], loc, name, vocab_size)
+    if kind == "preference" and np.array_equal(record["chosen"], record["rejected"]):
+        raise DataError(loc, "identical_tokens", "chosen and rejected are the same token ids: "
+                        "the pair would train with zero gradient")
     k = len(record["completions"]) if kind == "group" else None
     for name, dtype in columns.items():
         record[name] = _column(row[name], loc, name, np.dtype(dtype), k)

@@ -35,6 +35,9 @@ class BatchIterator:
                  buckets: Sequence[int] | None = None, process_index: int = 0,
                  process_count: int = 1):
         n = len(dataset)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+                or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if batch_size % process_count:
             raise ValueError(f"batch_size {batch_size} is not divisible by process_count "
                              f"{process_count}")

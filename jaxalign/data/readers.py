@@ -1,4 +1,9 @@
-"""Rows of JSONL or Parquet files, checked and normalised into examples.
+"""Rows of JSONL, JSON or Parquet files, checked and normalised into examples.
+
+Files: .jsonl and .jsonl.gz are JSON Lines; .json is JSON Lines or one JSON array of row
+objects; .parquet rows are its records. A file that cannot be read as rows at all (missing,
+corrupt or truncated gzip or Parquet, JSON that is not rows) is an error naming it, whatever
+`on_error` says: only single rows are ever skipped.
 
 Accepted rows (a `Message` is a dict with string "role" and "content"; other keys are kept):
 
@@ -15,9 +20,10 @@ Accepted rows (a `Message` is a dict with string "role" and "content"; other key
               dropped: it is the answer, not the prompt); optional "id" (str or int),
               default: the 0-based row index in its file.
 
-An example is a dict: "location" ("path:line"), "row" (0-based index in its file), "prompt"
-(str or list of messages) and "chosen"/"rejected" or "completion" (str, or the final
-assistant message), or "id". Malformed rows raise `DataError` (see errors.py).
+An example is a dict: "location" ("path:line"; "path:row i" for Parquet and JSON arrays),
+"row" (0-based index in its file), "prompt" (str or list of messages) and "chosen"/"rejected"
+or "completion" (str, or the final assistant message), or "id". Malformed rows raise
+`DataError` (see errors.py).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -40,48 +47,122 @@ def _as_paths(paths: PathLike | Iterable[PathLike]) -> list[str]:
     return [os.fspath(p) for p in paths]
 
 
-def iter_rows(path: PathLike) -> Iterator[tuple[str, int, dict | DataError]]:
-    """Yields (location, row index, row) per row; an unreadable row comes as a DataError."""
+FORMATS = (".jsonl", ".jsonl.gz", ".json", ".parquet")
+
+
+def check_file(path: PathLike) -> str:
+    """`path` as a str, after checking it names an existing file of a known format."""
     path = os.fspath(path)
+    if not path.endswith(FORMATS):
+        raise ValueError(f"{path}: unknown format; expected .jsonl, .jsonl.gz, .json (JSON Lines "
+                         "or one JSON array of objects) or .parquet")
+    if not os.path.isfile(path):
+        what = "is a directory, not a file" if os.path.isdir(path) else "no such file"
+        raise FileNotFoundError(f"{path}: data file not found ({what})")
+    return path
+
+
+def iter_rows(path: PathLike) -> Iterator[tuple[str, int, dict | DataError]]:
+    """Yields (location, row index, row) per row; an unreadable row comes as a DataError.
+
+    A file that cannot be read as rows at all (corrupt or truncated gzip or Parquet, a JSON
+    document that is not rows) raises DataError "unreadable_file" naming it, whatever on_error.
+    """
+    path = check_file(path)
     if path.endswith(".parquet"):
         yield from _parquet_rows(path)
-    elif path.endswith((".jsonl", ".json", ".jsonl.gz")):
-        yield from _jsonl_rows(path)
+    elif path.endswith(".json"):
+        yield from _json_rows(path)
     else:
-        raise ValueError(f"{path}: unknown format; expected .jsonl, .jsonl.gz, .json (read as "
-                         "JSON Lines) or .parquet")
+        yield from _jsonl_rows(path)
 
 
 def _jsonl_rows(path: str):
     opener = gzip.open if path.endswith(".gz") else open
-    row = 0
-    with opener(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if not raw.strip():  # blank lines are not rows
-                continue
-            loc = f"{path}:{lineno}"
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-                if not isinstance(obj, dict):
+    row, lineno = 0, 0
+    try:
+        with opener(path, "rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                if not raw.strip():  # blank lines are not rows
+                    continue
+                loc = f"{path}:{lineno}"
+                try:
+                    obj = json.loads(raw.decode("utf-8"))
+                    if not isinstance(obj, dict):
+                        obj = DataError(loc, "invalid_json",
+                                        f"expected a JSON object, got {type(obj).__name__}")
+                except UnicodeDecodeError as e:
+                    obj = DataError(loc, "invalid_utf8",
+                                    f"line is not valid UTF-8 ({e.reason} at byte {e.start})")
+                except json.JSONDecodeError as e:
                     obj = DataError(loc, "invalid_json",
-                                    f"expected a JSON object, got {type(obj).__name__}")
-            except UnicodeDecodeError as e:
-                obj = DataError(loc, "invalid_utf8",
-                                f"line is not valid UTF-8 ({e.reason} at byte {e.start})")
-            except json.JSONDecodeError as e:
-                obj = DataError(loc, "invalid_json", f"invalid JSON: {e.msg} (column {e.colno})")
-            yield loc, row, obj
-            row += 1
+                                    f"invalid JSON: {e.msg} (column {e.colno})")
+                yield loc, row, obj
+                row += 1
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        where = f"{path}:{lineno + 1}" if lineno else path
+        what = "corrupt or truncated gzip data" if opener is gzip.open else "cannot read it"
+        after = f" after line {lineno}" if lineno else ""
+        raise DataError(where, "unreadable_file",
+                        f"{what}{after} ({type(e).__name__}: {e})") from e
+
+
+def _json_rows(path: str):
+    """A .json file: one JSON array of row objects ("path:row i"), else JSON Lines."""
+    with open(path, "rb") as f:
+        first = next((line for line in f if line.strip()), b"").strip()
+    if first[:1] == b"{" and _invalid_json(first) and isinstance(_parse(path, False), dict):
+        raise DataError(path, "unreadable_file", "holds one JSON object spanning several "
+                        "lines, not rows: expected JSON Lines (one object per line) or a JSON "
+                        "array of row objects")
+    if first[:1] != b"[":
+        yield from _jsonl_rows(path)
+        return
+    for i, obj in enumerate(_parse(path, True)):
+        loc = f"{path}:row {i}"
+        if not isinstance(obj, dict):
+            obj = DataError(loc, "invalid_json",
+                            f"expected a JSON object, got {type(obj).__name__}")
+        yield loc, i, obj
+
+
+def _invalid_json(raw: bytes) -> bool:
+    try:
+        json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return True
+    return False
+
+
+def _parse(path: str, strict: bool):
+    """The whole file as one JSON document; if invalid, a DataError (strict) or None."""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        if not strict:
+            return None
+        where = f"{path}:{e.lineno}" if isinstance(e, json.JSONDecodeError) else path
+        raise DataError(where, "unreadable_file", f"a JSON array that is not valid JSON "
+                        f"({e})") from e
 
 
 def _parquet_rows(path: str):
-    import pyarrow.parquet as pq  # optional dependency, only for Parquet
+    import pyarrow as pa  # optional dependency, only for Parquet
+    import pyarrow.parquet as pq
 
     row = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-        for obj in batch.to_pylist():
-            yield f"{path}:row {row}", row, obj
-            row += 1
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+        for batch in batches:
+            for obj in batch.to_pylist():
+                yield f"{path}:row {row}", row, obj
+                row += 1
+    except (pa.ArrowException, OSError) as e:
+        where, what = (f"{path}:row {row}", "damaged Parquet data") if row else (
+            path, "not a Parquet file, or a damaged one")
+        raise DataError(where, "unreadable_file", f"{what} ({type(e).__name__}: "
+                        f"{str(e).strip()})") from e
 
 
 # ---- field checks ----------------------------------------------------------------------------
@@ -226,7 +307,8 @@ def read_examples(kind: str, paths: PathLike | Iterable[PathLike], *, on_error: 
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     check_on_error(on_error)
     report = Report() if report is None else report
-    for path in _as_paths(paths):
+    paths = [check_file(p) for p in _as_paths(paths)]  # every file, before reading the first
+    for path in paths:
         for loc, row_index, row in iter_rows(path):
             report.read += 1
             try:

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxalign.data.errors import DataError
 from jaxalign.data.tokenize import record_length
 
 _FIELDS = {"preference": ("prompt", "chosen", "rejected"), "sft": ("prompt", "completion"),
@@ -93,33 +94,53 @@ def write_records(data_dir: str | os.PathLike, splits: Mapping[str, Iterable[dic
 
 
 class RecordSource:
-    """Random access to the records of one split, in the interface `BatchIterator` reads."""
+    """Random access to the records of one split, in the interface `BatchIterator` reads.
+
+    Errors name the directory: one tfds cannot read, a missing split or lengths file, and a
+    record that does not decode (a truncated or corrupt shard reads back as None fields).
+    """
 
     def __init__(self, path: str | os.PathLike, split: str = "train"):
-        builder = tfds.builder_from_directory(os.fspath(path))
+        self.path = os.fspath(path)
+        try:
+            builder = tfds.builder_from_directory(self.path)
+        except Exception as e:  # tfds raises its own types, protobuf's, OSError
+            raise ValueError(f"{self.path}: not a records directory written by write_records "
+                             f"({type(e).__name__}: {e})") from e
         meta = builder.info.metadata or {}
         missing = {"kind", "pad_id", "max_length"} - set(meta)
         if missing:
             raise ValueError(f"{path}: not written by write_records (metadata lacks {missing})")
+        if split not in builder.info.splits:
+            raise ValueError(f"{path}: no split {split!r} (it holds "
+                             f"{sorted(builder.info.splits)})")
         self.kind, self.pad_id, self.max_length = meta["kind"], meta["pad_id"], meta["max_length"]
         self.source = builder.as_data_source(split=split)
-        self.lengths = np.load(os.path.join(os.fspath(path), f"{split}.lengths.npy"))
+        lengths = os.path.join(self.path, f"{split}.lengths.npy")
+        if not os.path.isfile(lengths):
+            raise FileNotFoundError(f"{lengths}: missing (write_records writes the record "
+                                    "lengths beside the shards)")
+        self.lengths = np.load(lengths, allow_pickle=False)
         if len(self.lengths) != len(self.source):
             raise ValueError(f"{path}: {len(self.lengths)} lengths for {len(self.source)} records")
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def _decode(self, record: dict) -> dict:
+    def _decode(self, i: int, record: dict) -> dict:
+        bad = sorted(k for k, v in record.items() if v is None)
+        if bad:
+            raise DataError(f"{self.path}:record {i}", "unreadable_file", f"fields {bad} could "
+                            "not be read: a shard is truncated or corrupt")
         if "id" in record:
             record = {**record, "id": record["id"].decode("utf-8")}
         return record
 
     def __getitem__(self, i: int) -> dict:
-        return self._decode(self.source[i])
+        return self._decode(i, self.source[i])
 
     def __getitems__(self, ids: list[int]) -> list[dict]:
-        return [self._decode(r) for r in self.source.__getitems__(ids)]
+        return [self._decode(i, r) for i, r in zip(ids, self.source.__getitems__(ids))]
 
 
 def open_records(path: str | os.PathLike, split: str = "train") -> RecordSource:

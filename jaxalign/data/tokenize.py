@@ -13,7 +13,11 @@ Truncation follows the DPO reference (`tokenize_batch_element` in
 eric-mitchell/direct-preference-optimization): if prompt + longer completion > max_length,
 cut the prompt to max_prompt_length (keep_end: its last tokens; keep_start: its first); if
 still too long, cut each completion to its first max_length - max_prompt_length tokens.
-One deviation: keep_end keeps a leading BOS (the reference's GPT-2/Pythia had none).
+One deviation: keep_end keeps a leading BOS (the reference's GPT-2/Pythia had none). A pair
+whose chosen and rejected ids are equal after tokenization and truncation would train with zero
+gradient: it is a DataError "identical_tokens" (counted and skipped under on_error="skip").
+
+`load_tokenizer_dir` loads a tokenizer from a local directory; its errors name the file.
 
 A record is a dict of int32 arrays: {"prompt", "chosen", "rejected"} (preference),
 {"prompt", "completion"} (sft), or {"prompt"} plus "id" (str) for prompts; records built from
@@ -23,6 +27,8 @@ and carry scalar columns (batching.py).
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import numpy as np
@@ -30,6 +36,53 @@ import numpy as np
 from jaxalign.data.errors import DataError
 
 TRUNCATION_MODES = ("keep_end", "keep_start")
+_TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json")
+
+
+def load_tokenizer_dir(directory: str):
+    """A transformers tokenizer from a local directory (save_pretrained's files): nothing is
+    downloaded and no remote code runs. Errors name the directory, and the file when one of
+    its JSON files is not valid."""
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"tokenizer {directory!r}: no such directory (a local "
+                                "tokenizer directory is needed; nothing is downloaded)")
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(directory, trust_remote_code=False,
+                                             local_files_only=True)
+    except Exception as e:  # transformers and tokenizers raise many types
+        found = sorted(os.listdir(directory))
+        if not found:
+            raise FileNotFoundError(f"tokenizer {directory!r}: the directory is empty "
+                                    "(expected tokenizer.json, tokenizer_config.json)") from e
+        _diagnose_tokenizer(directory, found, e)
+        raise ValueError(f"tokenizer {directory!r} (holding {found[:8]}): cannot load it "
+                         f"({type(e).__name__}: {e})") from e
+
+
+def _diagnose_tokenizer(directory: str, found: list[str], err: Exception) -> None:
+    """Raises an error naming the file that made loading fail, when one can be found."""
+    for name in _TOKENIZER_JSON:
+        path = os.path.join(directory, name)
+        if name not in found:
+            continue
+        try:
+            with open(path, "rb") as fh:
+                obj = json.loads(fh.read())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from err
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}: expected a JSON object, got a {type(obj).__name__}") \
+                from err
+    if "tokenizer.json" in found:
+        from tokenizers import Tokenizer
+        path = os.path.join(directory, "tokenizer.json")
+        try:
+            Tokenizer.from_file(path)
+        except Exception as e:  # the Rust library raises a bare Exception
+            raise ValueError(f"{path}: not a tokenizers file ({e})") from err
 
 
 class Encoder:
@@ -166,9 +219,25 @@ def tokenize_example(kind: str, ex: dict, enc: Encoder, *, max_length: int = 512
         p, c = enc.encode(ex["prompt"], ex["chosen"], loc)
         p2, r = enc.encode(ex["prompt"], ex["rejected"], loc)
         assert p == p2, loc  # the prompt is encoded the same way for both
-        p, (c, r) = truncate(p, [c, r], **cut)
-        return {"prompt": _i32(p), "chosen": _i32(c), "rejected": _i32(r)}
+        p, (c_cut, r_cut) = truncate(p, [c, r], **cut)
+        if c_cut == r_cut:
+            raise DataError(loc, "identical_tokens", _identical(c, r, len(c_cut), cut))
+        return {"prompt": _i32(p), "chosen": _i32(c_cut), "rejected": _i32(r_cut)}
     raise ValueError(f"unknown kind {kind!r}")
+
+
+def _identical(chosen: list[int], rejected: list[int], kept: int, cut: dict) -> str:
+    """Why a pair whose texts differ has equal ids: the pair would train with zero gradient."""
+    if chosen == rejected:
+        return (f"chosen and rejected differ as text but tokenize to the same {len(chosen)} ids "
+                "(e.g. the tokenizer normalizes whitespace or maps words to an unknown "
+                "token): the pair would train with zero gradient")
+    first = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b),
+                 min(len(chosen), len(rejected)))
+    return (f"chosen and rejected are identical after truncation to {kept} completion tokens "
+            f"(max_length={cut['max_length']}, max_prompt_length={cut['max_prompt_length']}): "
+            f"they differ only from completion token {first} on, so the pair would train with "
+            "zero gradient; raise max_length or drop the pair")
 
 
 def record_length(kind: str, record: dict) -> int:

@@ -8,6 +8,8 @@ positions / GELU variant. The config is hashable so it can be a static jit argum
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from typing import Literal
 
 import jax.numpy as jnp
@@ -24,6 +26,23 @@ class RopeScaling:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+
+
+_COUNTS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
+           "intermediate_size", "max_position_embeddings")
+
+
+def _check_count(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r} "
+                         f"({type(value).__name__})")
+
+
+def _check_positive(name: str, value) -> None:
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not math.isfinite(value) or value <= 0):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r} "
+                         f"({type(value).__name__})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +76,23 @@ class ModelConfig:
     attention_impl: str | None = None  # passed to jax.nn.dot_product_attention ("cudnn", ...)
 
     def __post_init__(self):
+        for name in _COUNTS:  # a string "64" or a float 2.0 would fail deep inside JAX later
+            _check_count(f"ModelConfig.{name}", getattr(self, name))
         if self.head_dim is None:  # canonical form, so configs compare equal after a round trip
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        _check_count("ModelConfig.head_dim", self.head_dim)
+        if self.sliding_window is not None:
+            _check_count("ModelConfig.sliding_window", self.sliding_window)
+        for name in ("norm_eps", "rope_theta"):
+            _check_positive(f"ModelConfig.{name}", getattr(self, name))
+        s = self.rope_scaling
+        if s.rope_type != "default":
+            _check_positive("ModelConfig.rope_scaling.factor", s.factor)
+        if s.rope_type == "llama3":
+            for name in ("low_freq_factor", "high_freq_factor"):
+                _check_positive(f"ModelConfig.rope_scaling.{name}", getattr(s, name))
+            _check_count("ModelConfig.rope_scaling.original_max_position_embeddings",
+                         s.original_max_position_embeddings)
         if self.family not in ("llama", "mistral", "qwen2", "gpt2"):
             raise ValueError(f"ModelConfig.family: unsupported {self.family!r}")
         if self.num_heads % self.num_kv_heads:

@@ -22,11 +22,9 @@ from jax.sharding import Mesh, SingleDeviceSharding
 from jaxalign import sharding as shd
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.hf_config import config_from_hf, config_to_hf, read_hf_config
-from jaxalign.models.safetensors_io import CheckpointTensors, write_safetensors
+from jaxalign.models.safetensors_io import (FLOAT_DTYPES, CheckpointError, CheckpointTensors,
+                                            write_safetensors)
 from jaxalign.models.transformer import param_logical_axes, param_shapes
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the config: names the directory or file and the tensor."""
 
 
 # Buffers some checkpoints carry that are not parameters.
@@ -110,6 +108,21 @@ def _names(src: Source, stacked: bool, n: int) -> list[str]:
     return [src.name.format(i=i) for i in range(n)] if stacked else [src.name]
 
 
+def check_tensor(ckpt: CheckpointTensors, name: str, shape: tuple[int, ...], what: str) -> None:
+    """CheckpointError naming the file unless tensor `name` is there, of `shape`, stored in a
+    float dtype (an integer or bool tensor cannot hold a weight); `what` it is needed for."""
+    if name not in ckpt:
+        raise CheckpointError(f"{ckpt.source}: tensor {name!r} is missing (needed for {what})")
+    got = ckpt.shape(name)
+    if got != tuple(shape):
+        raise CheckpointError(f"{ckpt.file_of(name)}: tensor {name!r} has shape {got}, "
+                              f"expected {tuple(shape)} for {what}")
+    if ckpt.dtype(name) not in FLOAT_DTYPES:
+        raise CheckpointError(f"{ckpt.file_of(name)}: tensor {name!r} is stored as "
+                              f"{ckpt.dtype(name)}, which cannot hold the float parameter "
+                              f"{what} (expected one of {', '.join(FLOAT_DTYPES)})")
+
+
 def load_params(directory: str, cfg: ModelConfig, *, mesh: Mesh | None = None,
                 rules=shd.LOGICAL_RULES, strict: bool = True):
     """Params of `cfg` from the safetensors in `directory`, placed on `mesh` (or one device)."""
@@ -123,13 +136,7 @@ def load_params(directory: str, cfg: ModelConfig, *, mesh: Mesh | None = None,
         stacked = path[0] == "layers"
         want = src.hf_shape(shapes[path].shape[1:] if stacked else shapes[path].shape)
         for name in _names(src, stacked, cfg.num_layers):
-            if name not in ckpt:
-                raise CheckpointError(f"{directory}: tensor {name!r} is missing (needed for "
-                               f"{'/'.join(path)} of a {cfg.family} model)")
-            got = ckpt._where[name].shape(name)
-            if got != want:
-                raise CheckpointError(f"{ckpt.file_of(name)}: tensor {name!r} has shape {got}, "
-                                 f"expected {want} for this {cfg.family} config")
+            check_tensor(ckpt, name, want, f"{'/'.join(path)} of a {cfg.family} model")
             used.add(name)
     extra = sorted(n for n in ckpt.names() - used if not _IGNORED.search(n)
                    and not (cfg.tie_word_embeddings and n == "lm_head.weight"))

@@ -8,6 +8,7 @@ not implemented is refused with the offending field named; unrelated keys are ig
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -23,54 +24,121 @@ class ConfigError(ValueError):
 
 
 def read_hf_config(directory: str) -> dict[str, Any]:
+    """The parsed config.json of a checkpoint directory (a JSON object, else ConfigError)."""
     path = os.path.join(directory, "config.json")
-    if not os.path.exists(path):
+    if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no config.json in the checkpoint directory")
-    with open(path) as fh:
+    with open(path, "rb") as fh:
         try:
-            return json.load(fh)
-        except json.JSONDecodeError as e:
+            d = json.loads(fh.read())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ConfigError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected a JSON object of model settings, got a "
+                          f"{type(d).__name__}")
+    return d
+
+
+# ---- typed fields: a wrong type is named here, not found later deep inside JAX -------------
+
+_REQUIRED = object()
+
+
+def _field(d: dict, key: str, where: str, kind: str, default: Any = _REQUIRED):
+    """d[key] checked to be `kind`: "pos_int" (> 0), "id" (int >= 0), "pos_float" (finite,
+    > 0), "float" (finite), "bool" or "str"; a missing or null field gives `default`."""
+    value = d.get(key)
+    if value is None:
+        if default is _REQUIRED:
+            raise ConfigError(f"{where}: missing field {key!r}")
+        return default
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    is_num = is_int or isinstance(value, float)
+    ok, want = {
+        "pos_int": (is_int and value > 0, "a positive integer"),
+        "id": (is_int and value >= 0, "a non-negative integer token id"),
+        "pos_float": (is_num and math.isfinite(value) and value > 0, "a positive number"),
+        "float": (is_num and math.isfinite(value), "a finite number"),
+        "bool": (isinstance(value, bool), "true or false"),
+        "str": (isinstance(value, str), "a string"),
+    }[kind]
+    if not ok:
+        raise ConfigError(f"{where}: field {key!r} must be {want}, got {value!r} "
+                          f"({type(value).__name__})")
+    return float(value) if kind in ("pos_float", "float") else value
+
+
+def _pad_id(d: dict, where: str):
+    if d.get("pad_token_id") == -1:  # early Llama conversions: -1 meant "no pad token"
+        return None
+    return _field(d, "pad_token_id", where, "id", None)
+
+
+def _eos_field(d: dict, where: str):
+    e = d.get("eos_token_id")
+    if isinstance(e, list):  # several end tokens (Llama 3)
+        if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in e):
+            raise ConfigError(f"{where}: field 'eos_token_id' must be a token id or a list of "
+                              f"them, got {e!r}")
+        return tuple(e)
+    return _field(d, "eos_token_id", where, "id", None)
 
 
 def _rope(d: dict, where: str) -> tuple[float, RopeScaling]:
     params = d.get("rope_parameters")
+    key = "rope_parameters"
     if params is None:  # hub style
-        params = dict(d.get("rope_scaling") or {})
+        key = "rope_scaling"
+        params = d.get("rope_scaling") or {}
+        if not isinstance(params, dict):
+            raise ConfigError(f"{where}: field 'rope_scaling' must be an object or null, got "
+                              f"{params!r}")
+        params = dict(params)
         params.setdefault("rope_theta", d.get("rope_theta", 10000.0))
-    params = dict(params)
+    if not isinstance(params, dict):
+        raise ConfigError(f"{where}: field {key!r} must be an object, got {params!r}")
+    at = f"{where} ({key})"
     kind = params.get("rope_type", params.get("type", "default"))
     if kind not in ("default", "linear", "llama3"):
-        raise ConfigError(f"{where}: rope_type {kind!r} is not supported "
+        raise ConfigError(f"{at}: rope_type {kind!r} is not supported "
                           "(supported: default, linear, llama3)")
-    if params.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ConfigError(f"{where}: partial_rotary_factor != 1 is not supported")
+    if _field(params, "partial_rotary_factor", at, "pos_float", 1.0) != 1.0:
+        raise ConfigError(f"{at}: partial_rotary_factor != 1 is not supported")
+    theta = _field(params, "rope_theta", at, "pos_float", 10000.0)
     scaling = RopeScaling(rope_type=kind)
     if kind == "linear":
-        scaling = RopeScaling("linear", factor=float(params["factor"]))
-    elif kind == "llama3":
+        scaling = RopeScaling("linear", factor=_field(params, "factor", at, "pos_float"))
+    elif kind == "llama3":  # every key is required, as transformers' rope validation has it
         scaling = RopeScaling(
-            "llama3", factor=float(params["factor"]),
-            low_freq_factor=float(params["low_freq_factor"]),
-            high_freq_factor=float(params["high_freq_factor"]),
-            original_max_position_embeddings=int(params["original_max_position_embeddings"]))
-    return float(params.get("rope_theta", 10000.0)), scaling
+            "llama3", factor=_field(params, "factor", at, "pos_float"),
+            low_freq_factor=_field(params, "low_freq_factor", at, "pos_float"),
+            high_freq_factor=_field(params, "high_freq_factor", at, "pos_float"),
+            original_max_position_embeddings=_field(
+                params, "original_max_position_embeddings", at, "pos_int"))
+    return theta, scaling
 
 
 def _require(d: dict, key: str, where: str):
-    if key not in d:
-        raise ConfigError(f"{where}: missing field {key!r}")
-    return d[key]
+    return _field(d, key, where, "pos_int")
 
 
 def config_from_hf(d: dict[str, Any], where: str = "config.json", **overrides) -> ModelConfig:
-    """ModelConfig from a parsed config.json; `overrides` set execution fields (dtype, remat...)."""
+    """ModelConfig from a parsed config.json; `overrides` set execution fields (dtype, remat...).
+
+    Every field read is type-checked (a string "64" or a float 2.0 where a count belongs is a
+    ConfigError naming `where` and the field), as is the resulting config.
+    """
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a JSON object, got a {type(d).__name__}")
     mt = d.get("model_type")
     if mt not in SUPPORTED:
         raise ConfigError(f"{where}: model_type {mt!r} is not supported (supported: {SUPPORTED})")
-    common = dict(bos_token_id=d.get("bos_token_id"), pad_token_id=d.get("pad_token_id"),
-                  eos_token_id=_eos(d.get("eos_token_id")),
-                  initializer_range=d.get("initializer_range", 0.02))
+    common = dict(bos_token_id=_field(d, "bos_token_id", where, "id", None),
+                  pad_token_id=_pad_id(d, where),
+                  eos_token_id=_eos_field(d, where),
+                  initializer_range=_field(d, "initializer_range", where, "float", 0.02),
+                  tie_word_embeddings=_field(d, "tie_word_embeddings", where, "bool",
+                                             mt == "gpt2"))
     if mt == "gpt2":
         for key, ok in (("scale_attn_by_inverse_layer_idx", False),
                         ("reorder_and_upcast_attn", False), ("scale_attn_weights", True),
@@ -80,40 +148,48 @@ def config_from_hf(d: dict[str, Any], where: str = "config.json", **overrides) -
         act = d.get("activation_function", "gelu_new")
         if act not in ("gelu_new", "gelu_pytorch_tanh"):
             raise ConfigError(f"{where}: activation_function {act!r} is not supported")
-        n_embd = _require(d, "n_embd", where)
-        return ModelConfig(
-            family="gpt2", vocab_size=_require(d, "vocab_size", where), hidden_size=n_embd,
-            num_layers=_require(d, "n_layer", where), num_heads=d["n_head"],
-            num_kv_heads=d["n_head"], intermediate_size=d.get("n_inner") or 4 * n_embd,
-            max_position_embeddings=d.get("n_positions", 1024),
-            norm_eps=d.get("layer_norm_epsilon", 1e-5), qkv_bias=True, o_bias=True,
-            mlp_bias=True, tie_word_embeddings=d.get("tie_word_embeddings", True),
-            **common, **overrides)
+        n_embd, n_head = _require(d, "n_embd", where), _require(d, "n_head", where)
+        if n_embd % n_head:
+            raise ConfigError(f"{where}: n_embd={n_embd} is not a multiple of n_head={n_head}")
+        return _build(
+            where, family="gpt2", vocab_size=_require(d, "vocab_size", where),
+            hidden_size=n_embd, num_layers=_require(d, "n_layer", where), num_heads=n_head,
+            num_kv_heads=n_head,
+            intermediate_size=_field(d, "n_inner", where, "pos_int", 4 * n_embd),
+            max_position_embeddings=_field(d, "n_positions", where, "pos_int", 1024),
+            norm_eps=_field(d, "layer_norm_epsilon", where, "pos_float", 1e-5), qkv_bias=True,
+            o_bias=True, mlp_bias=True, **common, **overrides)
     act = d.get("hidden_act", "silu")
     if act != "silu":
         raise ConfigError(f"{where}: hidden_act {act!r} is not supported (expected 'silu')")
-    if mt == "qwen2" and d.get("use_sliding_window", False):
+    if mt == "qwen2" and _field(d, "use_sliding_window", where, "bool", False):
         raise ConfigError(f"{where}: use_sliding_window=true is not supported for qwen2")
     theta, scaling = _rope(d, where)
     heads = _require(d, "num_attention_heads", where)
-    attn_bias = bool(d.get("attention_bias", False))
-    return ModelConfig(
-        family=mt, vocab_size=_require(d, "vocab_size", where),
+    attn_bias = _field(d, "attention_bias", where, "bool", False)
+    return _build(
+        where, family=mt, vocab_size=_require(d, "vocab_size", where),
         hidden_size=_require(d, "hidden_size", where),
         num_layers=_require(d, "num_hidden_layers", where), num_heads=heads,
-        num_kv_heads=d.get("num_key_value_heads") or heads,
-        intermediate_size=_require(d, "intermediate_size", where), head_dim=d.get("head_dim"),
-        max_position_embeddings=d.get("max_position_embeddings", 2048),
-        norm_eps=d.get("rms_norm_eps", 1e-6), rope_theta=theta, rope_scaling=scaling,
-        sliding_window=d.get("sliding_window") if mt == "mistral" else None,
+        num_kv_heads=_field(d, "num_key_value_heads", where, "pos_int", heads),
+        intermediate_size=_require(d, "intermediate_size", where),
+        head_dim=_field(d, "head_dim", where, "pos_int", None),
+        max_position_embeddings=_field(d, "max_position_embeddings", where, "pos_int", 2048),
+        norm_eps=_field(d, "rms_norm_eps", where, "pos_float", 1e-6), rope_theta=theta,
+        rope_scaling=scaling,
+        sliding_window=(_field(d, "sliding_window", where, "pos_int", None)
+                        if mt == "mistral" else None),
         qkv_bias=True if mt == "qwen2" else attn_bias,
         o_bias=False if mt == "qwen2" else attn_bias,
-        mlp_bias=bool(d.get("mlp_bias", False)) if mt == "llama" else False,
-        tie_word_embeddings=d.get("tie_word_embeddings", False), **common, **overrides)
+        mlp_bias=_field(d, "mlp_bias", where, "bool", False) if mt == "llama" else False,
+        **common, **overrides)
 
 
-def _eos(e):
-    return tuple(e) if isinstance(e, list) else e
+def _build(where: str, **fields) -> ModelConfig:
+    try:
+        return ModelConfig(**fields)
+    except ValueError as e:  # ModelConfig's own checks (e.g. heads vs kv heads)
+        raise ConfigError(f"{where}: {e}") from e
 
 
 def config_to_hf(cfg: ModelConfig, dtype: str) -> dict[str, Any]:

@@ -15,6 +15,9 @@ batch as `ref_chosen_logps` / `ref_rejected_logps` (`with_reference_logps`).
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import json
 import os
 
 import jax
@@ -22,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxalign import losses
+from jaxalign.checksum import data_fingerprint, tree_fingerprint
+from jaxalign.io import is_committed, read_committed, write_committed
 from jaxalign.models import completion_logprobs
 from jaxalign.objectives.columns import reads
 
@@ -36,17 +41,23 @@ def _pair(batch: dict):
 
 
 def preference_objective(model_cfg, *, loss: str = "dpo.sigmoid", loss_kwargs: dict | None = None,
-                         ref_params=None, lean_logprobs: bool = False):
+                         ref_params=None, lean_logprobs: bool = False, precomputed: bool = False):
     """objective(params, batch, rng) -> (loss_B, weight_B, metrics) for the train step.
 
-    With `ref_params` the reference log-probs are computed on the fly; without, they are the
-    batch's `ref_chosen_logps` / `ref_rejected_logps` when it has them (precomputed), else the
-    loss gets none (reference-free losses: genarm.arm, dpo.simpo, dpo.orpo, ...).
+    With `ref_params` the reference log-probs are computed on the fly; with `precomputed` they
+    are the batch's `ref_chosen_logps` / `ref_rejected_logps` (required columns); with neither
+    they are read when the batch has them, else the loss gets none (reference-free losses:
+    genarm.arm, dpo.simpo, dpo.orpo, ...).
     """
+    if precomputed and ref_params is not None:
+        raise ValueError("preference_objective: give ref_params (reference on the fly) or "
+                         "precomputed=True (reference log-probs in the batch), not both")
     loss_fn = losses.get_loss(loss)
     loss_kwargs = dict(loss_kwargs or {})
+    required = REFERENCE_COLUMNS if precomputed else ()
+    optional = () if ref_params is not None or precomputed else REFERENCE_COLUMNS
 
-    @reads(*PAIR_COLUMNS, "weight", optional=() if ref_params is not None else REFERENCE_COLUMNS)
+    @reads(*PAIR_COLUMNS, "weight", *required, optional=optional)
     def objective(params, batch, rng):
         del rng
         tokens, mask, loss_mask = _pair(batch)
@@ -69,14 +80,85 @@ def preference_objective(model_cfg, *, loss: str = "dpo.sigmoid", loss_kwargs: d
     return objective
 
 
-def precompute_reference_logps(model_cfg, ref_params, batches, cache_path: str | None = None):
-    """{dataset index: (chosen, rejected) summed log-probs}, cached to an .npz file.
+class ReferenceLogps:
+    """Precomputed reference log-probs of one dataset: {row index: (chosen, rejected)} and the
+    identity it was computed for ({"dataset": ..., "reference": ...} fingerprints)."""
 
-    Batches need `index` [B] (row index in the dataset) and `weight` [B]; padding rows skipped.
+    def __init__(self, rows: dict, identity: dict, path: str | None = None):
+        self.rows, self.identity, self.path = rows, identity, path
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def keys(self):
+        return self.rows.keys()
+
+    def __getitem__(self, i: int):
+        return self.rows[i]
+
+    def lookup(self, index, real) -> tuple[np.ndarray, np.ndarray]:
+        """(chosen, rejected) [B] of the rows `index` [B]; rows where `real` is False (padding)
+        get 0. A real row missing from the table is an error naming it: never a made-up value."""
+        out = np.zeros((2, len(index)), np.float32)
+        for j, (i, r) in enumerate(zip(np.asarray(index).tolist(), np.asarray(real).tolist())):
+            if not r:
+                continue
+            if i not in self.rows:
+                raise KeyError(f"row {i} has no precomputed reference log-probs in "
+                               f"{self.path or 'the table'} ({len(self.rows)} rows, computed "
+                               f"for dataset {self.identity.get('dataset', '?')[:12]}); was it "
+                               f"computed for another split or dataset?")
+            out[:, j] = self.rows[i]
+        return out[0], out[1]
+
+
+def _read_table(path: str) -> tuple[ReferenceLogps | None, str]:
+    """(the table committed at `path`, "") or (None, why there is none usable)."""
+    if not os.path.exists(path):
+        return None, "none cached"
+    if not is_committed(path):
+        return None, "the cached one is incomplete (no matching .commit marker)"
+    try:
+        with np.load(io.BytesIO(read_committed(path)), allow_pickle=False) as data:
+            identity = json.loads(str(data["identity"]))
+            rows = dict(zip(data["index"].tolist(), zip(data["chosen"].tolist(),
+                                                        data["rejected"].tolist())))
+    except (ValueError, KeyError, OSError) as e:
+        return None, f"the cached one is unreadable ({type(e).__name__}: {e})"
+    return ReferenceLogps(rows, identity, path), ""
+
+
+def _write_table(path: str, table: ReferenceLogps) -> None:
+    idx = np.array(sorted(table.rows), np.int64)
+    buf = io.BytesIO()
+    np.savez(buf, index=idx, chosen=np.array([table.rows[i][0] for i in idx], np.float32),
+             rejected=np.array([table.rows[i][1] for i in idx], np.float32),
+             identity=np.array(json.dumps(table.identity, sort_keys=True)))
+    write_committed(path, buf.getvalue())
+
+
+def precompute_reference_logps(model_cfg, ref_params, batches, cache_path: str | None = None,
+                               *, dataset: str | None = None) -> ReferenceLogps:
+    """Summed reference log-probs of every real row of `batches`, cached at `cache_path`.
+
+    Batches need `index` [B] (row index in the dataset) and the pair columns; padding rows
+    (no chosen token) are skipped. The table records what it was computed for: `dataset` (a
+    fingerprint of the rows, e.g. `jaxalign.data.dataset_fingerprint(ds)`) and the reference
+    weights' `tree_fingerprint`. A cached table is reused only when both match; otherwise it is
+    recomputed (saying why) and replaced.
     """
-    if cache_path and os.path.exists(cache_path):
-        data = np.load(cache_path)
-        return dict(zip(data["index"].tolist(), zip(data["chosen"], data["rejected"])))
+    architecture = {k: v for k, v in dataclasses.asdict(model_cfg).items()
+                    if k not in ("remat", "scan_layers")}  # execution choices, same numbers
+    identity = {"dataset": dataset or "", "reference": tree_fingerprint(ref_params),
+                "model": data_fingerprint(json.loads(json.dumps(architecture, default=str)))}
+    if cache_path:
+        cached, why = _read_table(cache_path)
+        if cached is not None and cached.identity == identity:
+            return cached
+        if cached is not None:
+            changed = sorted(k for k in identity if cached.identity.get(k) != identity[k])
+            why = f"the cached one was computed for another {' and '.join(changed)}"
+        print(f"{cache_path}: computing reference log-probs ({why})", flush=True)
 
     @jax.jit
     def fwd(batch):
@@ -85,23 +167,21 @@ def precompute_reference_logps(model_cfg, ref_params, batches, cache_path: str |
         b = batch["chosen_tokens"].shape[0]
         return logps[:b], logps[b:]
 
-    table = {}
+    rows = {}
     for batch in batches:
         chosen, rejected = jax.device_get(fwd({k: batch[k] for k in PAIR_COLUMNS}))
-        for i, w, c, r in zip(batch["index"], batch["weight"], chosen, rejected):
-            if w > 0:
-                table[int(i)] = (np.float32(c), np.float32(r))
+        real = np.asarray(batch["chosen_mask"]).any(-1)
+        for i, r, c, rj in zip(np.asarray(batch["index"]).tolist(), real, chosen, rejected):
+            if r:
+                rows[int(i)] = (float(c), float(rj))
+    table = ReferenceLogps(rows, identity, cache_path)
     if cache_path:
-        idx = np.array(sorted(table), np.int64)
-        tmp = cache_path + ".tmp.npz"
-        np.savez(tmp, index=idx, chosen=np.array([table[i][0] for i in idx], np.float32),
-                 rejected=np.array([table[i][1] for i in idx], np.float32))
-        os.replace(tmp, cache_path)
+        _write_table(cache_path, table)
     return table
 
 
-def with_reference_logps(batch: dict, table: dict) -> dict:
-    """Adds `ref_chosen_logps`/`ref_rejected_logps` [B] from a precomputed table."""
-    rows = [table.get(int(i), (0.0, 0.0)) for i in batch["index"]]
-    return {**batch, "ref_chosen_logps": np.array([r[0] for r in rows], np.float32),
-            "ref_rejected_logps": np.array([r[1] for r in rows], np.float32)}
+def with_reference_logps(batch: dict, table: ReferenceLogps) -> dict:
+    """Adds `ref_chosen_logps`/`ref_rejected_logps` [B] from a precomputed table; a real row the
+    table lacks is a KeyError naming it (padding rows get 0: their weight is 0)."""
+    chosen, rejected = table.lookup(batch["index"], np.asarray(batch["chosen_mask"]).any(-1))
+    return {**batch, "ref_chosen_logps": chosen, "ref_rejected_logps": rejected}

@@ -21,7 +21,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from jaxalign import sharding as shd
-from jaxalign.models.hf import CheckpointError, load_params, save_hf, tensor_sources
+from jaxalign.models.hf import (CheckpointError, check_tensor, load_params, save_hf,
+                                tensor_sources)
 from jaxalign.models.hf_config import config_from_hf, read_hf_config
 from jaxalign.models.safetensors_io import CheckpointTensors, SafetensorsFile, write_safetensors
 from jaxalign.reward.model import SCORE_AXES, backbone_config
@@ -76,13 +77,14 @@ def load_reward_hf(directory: str, *, mesh: Mesh | None = None, rules=shd.LOGICA
                               "model has exactly one (num_labels=1)")
     ckpt = CheckpointTensors(directory)
     _check_names(directory, ckpt, cfg)
-    shape = ckpt[SCORE].shape  # a memory-mapped view: nothing is read yet
+    shape = ckpt.shape(SCORE)
     if len(shape) != 2 or shape[1] != cfg.hidden_size:
         raise CheckpointError(f"{ckpt.file_of(SCORE)}: tensor {SCORE!r} has shape {shape}, "
                               f"expected [num_labels, {cfg.hidden_size}]")
     if shape[0] != 1:
         raise CheckpointError(f"{ckpt.file_of(SCORE)}: tensor {SCORE!r} has {shape[0]} labels; a "
                               "scalar reward model has exactly one (num_labels=1)")
+    check_tensor(ckpt, SCORE, (1, cfg.hidden_size), "the reward head")
     backbone = load_params(directory, backbone_config(cfg), mesh=mesh, rules=rules, strict=False)
     kernel = np.asarray(ckpt[SCORE], dtype=cfg.jnp_param_dtype).T  # torch Linear: [out, in]
     if mesh is None:

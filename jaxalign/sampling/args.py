@@ -69,25 +69,16 @@ def args_scores(z_RxV, cand_RxK, r_RxK, w, vocab_size: int):
                                 vocab_size)
 
 
-def _record(state: State, z_RxV, s_RxV, settings: Settings) -> State:
-    """Chooses each row's token from the scores by the rule and records it (as loop.py does:
-    same per-step keys, stop and budget rules); model_logprobs from the policy's logits."""
+def _record(state: State, z_RxV, s_RxV, r_RxK, settings: Settings) -> State:
+    """Chooses each row's token from the scores by the rule and records it (`loop.record`: same
+    per-step keys, stop and budget rules, non-finite rows failed); model_logprobs from the
+    policy's logits."""
     step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.keys, state.step)
     tok_R, lp_R = selection.choose(step_keys, s_RxV, settings.rule)
     model_lp_R = selection.token_logprob(z_RxV, tok_R)
-    live_R = ~state.done
-    tok_R = jnp.where(live_R, tok_R, settings.pad_id).astype(jnp.int32)
-    put = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[:, None], (0, state.step))
-    lengths_R = state.lengths + live_R
-    hit_R = live_R & jnp.isin(tok_R, jnp.asarray(settings.stop_ids, jnp.int32))
-    return state.replace(
-        step=state.step + 1,
-        tokens=put(state.tokens, tok_R),
-        logprobs=put(state.logprobs, jnp.where(live_R, lp_R, 0.0)),
-        model_logprobs=put(state.model_logprobs, jnp.where(live_R, model_lp_R, 0.0)),
-        lengths=lengths_R,
-        stopped=state.stopped | hit_R,
-        done=state.done | hit_R | (lengths_R >= state.budget))
+    valid_R = loop.valid_logits(z_RxV) & jnp.isfinite(r_RxK).all(-1)
+    return loop.record(state, tok_R, lp_R, model_lp_R, jnp.zeros((tok_R.shape[0], 0)),
+                       valid_R, settings)
 
 
 def _search(state: State, z_RxV, reward_params, w, *, reward: RewardStep,
@@ -102,7 +93,7 @@ def _search(state: State, z_RxV, reward_params, w, *, reward: RewardStep,
                           jnp.broadcast_to(live_R[:, None], (R, K)), state.caches[1],
                           candidates=True)
     state = _record(state, z_RxV, args_scores(z_RxV, cand_RxK, r_RxK, w, settings.vocab_size),
-                    settings)
+                    r_RxK, settings)
     tok_R = jax.lax.dynamic_index_in_dim(state.tokens, state.step - 1, axis=1, keepdims=False)
     choice_R = jnp.argmax(cand_RxK == tok_R[:, None], axis=-1)  # a finished row: invalid slot
     return state.replace(caches=(state.caches[0], commit_candidate(cache, choice_R, live_R)))

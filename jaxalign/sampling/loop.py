@@ -33,6 +33,10 @@ sampling bit for bit. State.guide_logprobs records log pi_r_i(y_t | x, y_<t) of 
 (the log-softmax over the vocabulary the models share): summed over t it is GenARM's r_i(x, y).
 Guides share the policy's tokenizer; without `Settings.crop_vocab` every model has the policy's
 vocabulary size V, with it every model's logits are cut to the first `vocab_size` ids.
+
+Non-finite logits (NaN or inf weights, an extreme temperature or alpha, positions a model has
+no embedding for) never become tokens: a row whose step is not finite ends there with
+`State.failed_at` set (`record`), and the Sampler raises naming the prompt and the step.
 """
 
 from __future__ import annotations
@@ -114,6 +118,8 @@ class State:
     budget: jax.Array  # [R] int32: most tokens the row may generate
     prompt_lengths: jax.Array  # [R] int32: real prompt tokens (next position: this + step - 1)
     keys: jax.Array  # [R] PRNG keys, one per (prompt, sample)
+    # [R] int32: the step whose logits or log-probs were not finite (-1: none); see `record`
+    failed_at: jax.Array
     caches: tuple  # KVCache of the policy, then of each guide
 
 
@@ -130,22 +136,48 @@ def _select(state: State, z_policy_BxV, z_guides, alphas_G, settings: Settings):
     take = lambda lp_BxV: jnp.take_along_axis(lp_BxV, tok_R[:, None], axis=-1)[:, 0]
     guide_lp_RxG = (jnp.stack([take(lp) for lp in guide_lps], axis=1) if guide_lps
                     else jnp.zeros((tok_R.shape[0], 0), jnp.float32))
+    valid_R = valid_logits(z_policy_BxV)
+    for z in z_guides:
+        valid_R &= valid_logits(z[:, :V])
+    return record(state, tok_R, lp_R, model_lp_R, guide_lp_RxG, valid_R, settings)
 
+
+def valid_logits(z_BxV):
+    """[B] bool: the row has no NaN and no +inf logit (-inf is a masked token)."""
+    return (z_BxV < jnp.inf).all(-1)  # NaN < inf is False
+
+
+def record(state: State, tok_R, lp_R, model_lp_R, guide_lp_RxG, valid_R,
+           settings: Settings) -> State:
+    """Writes each live row's chosen token and log-probs at column `step` (every decoding rule's
+    last part: stop ids, budgets, ends).
+
+    valid_R: the row's logits (every model's) were valid (`valid_logits`). A row whose logits,
+    chosen token (outside [0, vocab_size): what argmax returns over NaN), log-probs (finite) or
+    guide log-probs (-inf allowed: a guide with alpha 0 may give the token probability 0) are
+    not valid ends there with `failed_at` = step and pad_id written: nothing invalid is fed
+    back, and the host raises (`Sampler`) instead of returning it.
+    """
     live_R = ~state.done
-    tok_R = jnp.where(live_R, tok_R, settings.pad_id).astype(jnp.int32)
+    valid_R &= ((tok_R >= 0) & (tok_R < settings.vocab_size) & jnp.isfinite(lp_R)
+                & jnp.isfinite(model_lp_R) & (guide_lp_RxG < jnp.inf).all(-1))
+    failed_R = live_R & ~valid_R
+    ok_R = live_R & valid_R
+    tok_R = jnp.where(ok_R, tok_R, settings.pad_id).astype(jnp.int32)
     put = lambda buf, x: jax.lax.dynamic_update_slice(buf, x[..., None],
                                                       (0,) * x.ndim + (state.step,))
-    lengths_R = state.lengths + live_R
-    hit_R = live_R & jnp.isin(tok_R, jnp.asarray(settings.stop_ids, jnp.int32))
+    lengths_R = state.lengths + ok_R
+    hit_R = ok_R & jnp.isin(tok_R, jnp.asarray(settings.stop_ids, jnp.int32))
     return state.replace(
         step=state.step + 1,
         tokens=put(state.tokens, tok_R),
-        logprobs=put(state.logprobs, jnp.where(live_R, lp_R, 0.0)),
-        model_logprobs=put(state.model_logprobs, jnp.where(live_R, model_lp_R, 0.0)),
-        guide_logprobs=put(state.guide_logprobs, jnp.where(live_R[:, None], guide_lp_RxG, 0.0)),
+        logprobs=put(state.logprobs, jnp.where(ok_R, lp_R, 0.0)),
+        model_logprobs=put(state.model_logprobs, jnp.where(ok_R, model_lp_R, 0.0)),
+        guide_logprobs=put(state.guide_logprobs, jnp.where(ok_R[:, None], guide_lp_RxG, 0.0)),
         lengths=lengths_R,
         stopped=state.stopped | hit_R,
-        done=state.done | hit_R | (lengths_R >= state.budget))
+        failed_at=jnp.where(failed_R, state.step, state.failed_at),
+        done=state.done | hit_R | failed_R | (lengths_R >= state.budget))
 
 
 def _rows(x, n: int, axis: int = 0):
@@ -188,6 +220,7 @@ def initial_state(prompt_ids_B, budget_B, mask_BxP, seed, caches: tuple, setting
         budget=budget_R,
         prompt_lengths=_rows(mask_BxP.sum(-1, dtype=jnp.int32), n),
         keys=keys_R,
+        failed_at=jnp.full((R,), -1, jnp.int32),
         caches=caches)
 
 

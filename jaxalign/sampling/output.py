@@ -10,7 +10,8 @@ import numpy as np
 
 @dataclasses.dataclass
 class SampleOutput:
-    """Completions of P prompts, n samples each; N = max_new_tokens; G guides (0: unguided)."""
+    """Completions of P prompts, n samples each; G guides (0: unguided); N tokens per
+    completion at most: min(max_new_tokens, the sampler's max_len - 1)."""
 
     tokens: np.ndarray  # [P, n, N] int32, pad_id after each completion's end
     lengths: np.ndarray  # [P, n] int32, the stop token included

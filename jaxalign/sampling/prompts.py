@@ -47,7 +47,15 @@ def _pow2_at_least(x: int) -> int:
 def make_batches(tokens: Sequence[list[int]], ids: Sequence[int], *, batch_size: int | None,
                  dp: int, buckets: Sequence[int], max_len: int, max_new: int, pad_id: int,
                  agree: Callable[[int], int] = lambda x: x) -> list[Batch]:
-    """Batches covering every prompt once; `agree` makes shapes equal across processes."""
+    """Batches covering every prompt once; `agree` makes shapes equal across processes.
+    Two prompts with the same key id (they would share random streams) are refused."""
+    first: dict[int, int] = {}
+    for i, k in enumerate(ids):
+        j = first.setdefault(int(k), i)
+        if j != i:
+            raise ValueError(f"prompts {j} and {i} have the same key id {int(k)} (`ids=`, "
+                             f"default: the position): they would share their random streams; "
+                             f"give every prompt of a call its own id")
     batch_size = batch_size or max(1, len(tokens))
     if not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")

@@ -32,6 +32,7 @@ import os
 from typing import Any, Iterator, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -77,6 +78,27 @@ def _decode_layout(cfg: ModelConfig):
     """The jitted `loop.decode_layout` of a config, made once: `set_params` then neither
     retraces nor recompiles."""
     return jax.jit(functools.partial(loop.decode_layout, cfg))
+
+
+@jax.jit
+def _has_nan(leaves: list) -> jax.Array:
+    """[n_leaves] bool: the leaf holds a NaN."""
+    return jnp.stack([jnp.isnan(x).any() for x in leaves])
+
+
+def check_no_nan(params, name: str) -> None:
+    """ValueError naming the float leaves of `params` that hold NaN (one pass over the weights
+    where they live, one bool per leaf back to the host). -inf is allowed: a constant -inf
+    logit masks a token."""
+    leaves = [(p, x) for p, x in jax.tree_util.tree_leaves_with_path(params)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    if not leaves:
+        return
+    nan = np.asarray(_has_nan([x for _, x in leaves]))
+    if nan.any():
+        bad = [jax.tree_util.keystr(p) for (p, _), b in zip(leaves, nan) if b]
+        raise ValueError(f"{name}: weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} "
+                         f"hold NaN: every completion would be NaN")
 
 
 def _cfg(model) -> ModelConfig:
@@ -176,6 +198,19 @@ class Sampler:
                              f"vocabulary only {cfg.vocab_size} (crop_vocab=True samples from "
                              f"the ids both have)")
         self.max_len = max_len or cfg.max_position_embeddings
+        if isinstance(self.max_len, bool) or not (isinstance(self.max_len, (int, np.integer))
+                                                   and self.max_len >= 2):
+            raise ValueError(f"max_len must be an int >= 2 (a prompt token and a new one), "
+                             f"got {max_len!r}")
+        self.max_len = int(self.max_len)
+        for name, c in [("the policy", cfg)] + [(f"guide {i}", g)
+                                                 for i, g in enumerate(guide_cfgs)]:
+            if self.max_len > c.max_position_embeddings:  # positions 0 .. max_len - 1 are used
+                raise ValueError(
+                    f"max_len={self.max_len} is longer than {name}'s position table "
+                    f"(ModelConfig.max_position_embeddings={c.max_position_embeddings}): its "
+                    f"logits past that position are not defined; pass max_len <= "
+                    f"{c.max_position_embeddings}")
         # Prompt-length buckets; max_len - 1 (the longest prompt that fits) always closes them.
         self.buckets = tuple(sorted({b for b in buckets if b < self.max_len - 1}
                                     | {self.max_len - 1})) if buckets else bucket_lengths(
@@ -197,8 +232,9 @@ class Sampler:
         self.policy = loop.LM(cfg)
         self.guides = tuple(loop.LM(g) for g in guide_cfgs)
         self.guide_weights = self._check_weights([g.weight for g in guides], "GuideModel.weight")
-        self.params = self._place(cfg, params)
-        self.guide_params = tuple(self._place(c, g.params) for c, g in zip(guide_cfgs, guides))
+        self.params = self._place(cfg, params, "the policy")
+        self.guide_params = tuple(self._place(c, g.params, f"guide {i}")
+                                  for i, (c, g) in enumerate(zip(guide_cfgs, guides)))
 
     @classmethod
     def from_pretrained(cls, directory: str, tokenizer=None, *, mesh=None, **kw) -> "Sampler":
@@ -238,15 +274,21 @@ class Sampler:
                              f"which must be > 0; got alphas {w.tolist()}")
         return w
 
-    def _place(self, cfg: ModelConfig, params):
-        """Params on the mesh (logical shardings), in the decode layout (`loop.decode_layout`)."""
+    def _place(self, cfg: ModelConfig, params, name: str = "params"):
+        """Params on the mesh (logical shardings), in the decode layout (`loop.decode_layout`);
+        NaN in them is refused (ValueError naming `name` and the leaves)."""
         shardings = shd.tree_shardings(param_logical_axes(cfg), params, self.mesh)
         params = jax.tree.map(lambda x, s: jax.device_put(x, s), params, shardings)
+        check_no_nan(params, name)
         return _decode_layout(cfg)(params)
 
     def set_params(self, params) -> None:
         """New policy weights (e.g. after an RL iteration); compiled programs are reused."""
-        self.params = self._place(self.cfg, params)
+        self.params = self._place(self.cfg, params, "the policy")
+
+    def weights(self) -> dict:
+        """Every model's params this sampler's output depends on (e.g. to fingerprint them)."""
+        return {"policy": self.params, "guides": self.guide_params}
 
     def __call__(self, prompts: Sequence[str | list[dict]] | None = None, **kw) -> SampleOutput:
         """Samples n completions per prompt: `sampler(prompts, n=4, temperature=0.7, ...)`.
@@ -268,12 +310,18 @@ class Sampler:
         prompts: strings or chat messages (tokenized with the tokenizer); or prompt_ids: token
           ids. ids: each prompt's id for the random keys (default: its index in the list); an
           int in [0, 2**32) or its decimal string is used as is, anything else hashed.
-        temperature (0: greedy), top_k, top_p, min_p: see selection.Rule. seed: the run's seed.
+        max_new_tokens: at most this many new tokens per completion; a prompt of L tokens gets
+          at most max_len - L (the output's N is min(max_new_tokens, max_len - 1)).
+        temperature (0: greedy), top_k, top_p, min_p: see selection.Rule. seed: the run's seed,
+          an int in [0, 2**32). Prompts whose ids give the same key id (`prompts.key_id`) are
+          refused: they would share their random streams.
         stop_ids: default the sampler's. guide_weights: the alphas, one per guide (runtime
           values: changing them does not recompile); default the guides' own `weight`.
         batch_size: most prompts per compiled batch, of batch_size * n rows (default: the
           sampler's, else all).
-        Every argument is checked here, before the first batch is traced (ValueError).
+        Every argument is checked here, before the first batch is traced (ValueError). A
+        completion whose logits or log-probs are not finite (NaN or inf weights, say) is never
+        returned: the batch raises ValueError naming its prompt and the step (`loop.record`).
         """
         settings = loop.Settings(
             max_new_tokens=max_new_tokens, n=n, pad_id=self.pad_id, vocab_size=self.vocab_size,
@@ -341,22 +389,37 @@ class Sampler:
         return self._decode(self.params, self.guide_params, weights, state, **static)
 
     def _results(self, batches: list[Batch], tokens, settings, seed, weights):
+        """The batches' outputs as they finish (`_run`), after the checks every decoding rule
+        shares. The decode buffers hold min(max_new_tokens, max_len - 1) tokens: no row can
+        produce more (its budget is max_len - its prompt's length), so none is allocated."""
+        if isinstance(seed, bool) or not (isinstance(seed, (int, np.integer))
+                                          and 0 <= seed < 2**32):
+            raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
+        settings = dataclasses.replace(
+            settings, max_new_tokens=min(settings.max_new_tokens, self.max_len - 1))
+        return self._run(batches, tokens, settings, seed, weights)
+
+    def _run(self, batches: list[Batch], tokens, settings, seed, weights):
         """Dispatches batch i+1 before reading batch i back (the host never idles the device)."""
-        n, pending = settings.n, None
+        pending = None
         for batch in batches + [None]:
             state = None if batch is None else self._dispatch(batch, settings, seed, weights)
             if pending is not None:
                 prev, prev_state = pending
-                yield prev.index, self._output(prev, prev_state, [tokens[i] for i in prev.index], n)
+                yield prev.index, self._output(prev, prev_state, [tokens[i] for i in prev.index],
+                                               settings)
             pending = (batch, state)
 
-    def _output(self, batch: Batch, state: loop.State, tokens, n: int) -> SampleOutput:
-        k = len(batch.index)
+    def _output(self, batch: Batch, state: loop.State, tokens, settings) -> SampleOutput:
+        k, n = len(batch.index), settings.n
 
         def get(x):  # [rows * n, ...] -> [k prompts, n, ...], the padding rows dropped
             rows = _local_rows(x)[:k * n]
             return rows.reshape((k, n) + rows.shape[1:])
 
+        failed_at = get(state.failed_at)
+        if (failed_at >= 0).any():
+            raise ValueError(self._failure(batch, tokens, failed_at, settings))
         lengths, stopped = get(state.lengths), get(state.stopped)
         out = SampleOutput(tokens=get(state.tokens), lengths=lengths, logprobs=get(state.logprobs),
                            model_logprobs=get(state.model_logprobs),
@@ -368,3 +431,17 @@ class Sampler:
                                           out.tokens[p, j, :lengths[p, j] - stopped[p, j]])
                           for j in range(n)] for p in range(k)]
         return out
+
+    def _failure(self, batch: Batch, tokens, failed_at: np.ndarray, settings) -> str:
+        """The error for rows whose logits or log-probs were not finite (`loop.record`)."""
+        p, j = np.argwhere(failed_at >= 0)[0]
+        text = (self.tokenizer.decode(tokens[p], skip_special_tokens=True)
+                if self.tokenizer is not None else f"token ids {tokens[p]}")
+        text = text if len(text) <= 40 else text[:37] + "..."
+        t = int(failed_at[p, j])
+        return (f"prompt {batch.index[p]} ({text!r}), sample {j}: the logits or log-probs at "
+                f"step {t} (new token {t + 1}) are not finite (NaN or inf), so no completion is "
+                f"returned ({int((failed_at >= 0).sum())} of {failed_at.size} completions of "
+                f"its batch failed). Look for an extreme temperature "
+                f"({settings.rule.temperature}) or guide weight, or weights or activations "
+                f"that overflow the model's dtype")

@@ -19,6 +19,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 NEG_INF = -jnp.inf
 
@@ -33,14 +34,23 @@ class Rule:
     min_p: float = 0.0  # keep tokens with probability >= min_p * (top probability); 0: off
 
     def __post_init__(self):
-        if not self.temperature >= 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not 0 <= self.min_p < 1:
-            raise ValueError(f"min_p must be in [0, 1), got {self.min_p}")
-        if not (isinstance(self.top_k, int) and self.top_k >= 0):
+        # Checked before tracing: a NaN, inf or negative value would make every step's logits
+        # non-finite (and the loop would then stop with an error after compiling).
+        real = lambda x: isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(
+            x, (bool, np.bool_))
+        if not (real(self.temperature) and 0 <= self.temperature < np.inf):
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got "
+                             f"{self.temperature!r}")
+        if not (real(self.top_p) and 0 < self.top_p <= 1):
+            raise ValueError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
+        if not (real(self.min_p) and 0 <= self.min_p < 1):
+            raise ValueError(f"min_p must be a number in [0, 1), got {self.min_p!r}")
+        if not (isinstance(self.top_k, (int, np.integer)) and not isinstance(self.top_k, bool)
+                and self.top_k >= 0):
             raise ValueError(f"top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
+        for name in ("temperature", "top_p", "min_p"):  # plain floats: hashable, one program
+            object.__setattr__(self, name, float(getattr(self, name)))
+        object.__setattr__(self, "top_k", int(self.top_k))
 
     @property
     def greedy(self) -> bool:

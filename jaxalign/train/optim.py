@@ -3,9 +3,17 @@
     optimizer: "rmsprop" (DPO, SPPO: torch.optim.RMSprop semantics) | "adamw" | "sgd"
     lr, warmup_steps, decay: "constant" | "linear" | "cosine", total_steps, grad_clip,
     weight_decay, b1, b2, eps
+
+Every number is checked when the optimizer is made, before anything compiles: a setting that
+would make every update non-finite or meaningless (a NaN or infinite learning rate, a negative
+one, eps <= 0, b1 or b2 outside [0, 1), a negative weight decay, a non-finite clipping norm) is
+an error naming `optim.<setting>`.
 """
 
 from __future__ import annotations
+
+import math
+import numbers
 
 import optax
 
@@ -13,8 +21,33 @@ _DEFAULTS = dict(optimizer="adamw", lr=1e-5, warmup_steps=0, decay="constant", t
                  grad_clip=0.0, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8)
 
 
+# every float setting: (what is valid, the test of a finite number)
+_VALID = {
+    "lr": (">= 0", lambda v: v >= 0),
+    "eps": ("> 0 (0 divides by zero where a gradient is zero)", lambda v: v > 0),
+    "weight_decay": (">= 0", lambda v: v >= 0),
+    "grad_clip": (">= 0 (0: no clipping)", lambda v: v >= 0),
+    "b1": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "b2": ("in [0, 1)", lambda v: 0 <= v < 1),
+}
+
+
+def _check(name: str, v) -> None:
+    """An error naming `optim.<name>` unless `v` is a valid value of that setting."""
+    if name in ("warmup_steps", "total_steps"):
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"optim.{name} must be an integer >= 0, got {v!r}")
+        return
+    want, test = _VALID[name]
+    if not (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+            and test(v)):
+        raise ValueError(f"optim.{name} must be a finite number {want}, got {v!r}")
+
+
 def make_schedule(lr: float, warmup_steps: int, decay: str, total_steps: int) -> optax.Schedule:
     """Linear warmup from 0 to `lr`, then constant, linear to 0, or cosine to 0 at total_steps."""
+    for name, v in (("lr", lr), ("warmup_steps", warmup_steps), ("total_steps", total_steps)):
+        _check(name, v)
     if decay not in ("constant", "linear", "cosine"):
         raise ValueError(f"optim.decay: expected constant/linear/cosine, got {decay!r}")
     if decay != "constant" and total_steps <= warmup_steps:
@@ -35,6 +68,8 @@ def make_optimizer(**kw) -> tuple[optax.GradientTransformation, optax.Schedule]:
     if unknown:
         raise ValueError(f"optim: unknown keys {sorted(unknown)}; known: {sorted(_DEFAULTS)}")
     c = {**_DEFAULTS, **kw}
+    for name in _VALID:
+        _check(name, c[name])
     schedule = make_schedule(c["lr"], c["warmup_steps"], c["decay"], c["total_steps"])
     if c["optimizer"] == "rmsprop":
         # torch.optim.RMSprop defaults: alpha=0.99, eps added outside the square root.

@@ -8,6 +8,13 @@ metrics. Every batch carries `weight` [B] (1 for a real row, 0 for padding); the
 each already divided by the *global* weight, so 1 x 8 and 8 x 1 give the same update up to the
 order of float additions. Frozen models (the DPO reference) are closed over by the objective or
 passed in the batch as precomputed log-probs: they never enter `grad`.
+
+A step whose loss, gradients or updated parameters are not all finite changes nothing: the
+program selects the old params and optimizer state (so the state is never non-finite, with
+donation too) and reports `metrics["nonfinite"] = 1`. It also sets `step` to `-k` (k: the
+failed step's number), and a state with a negative step is left as it is by every later step,
+so the steps a caller dispatched before reading the failure back change nothing either (the
+`Trainer` numbers it `k - 1` again when it reads the failure).
 """
 
 from __future__ import annotations
@@ -24,13 +31,20 @@ Objective = Callable[[Any, dict, jax.Array], tuple[jax.Array, jax.Array, dict]]
 
 @flax.struct.dataclass
 class TrainState:
-    step: jax.Array  # [] int32
+    step: jax.Array  # [] int32: updates applied; -k after step k was not finite (module doc)
     params: Any
     opt_state: Any
 
 
 def init_state(params, optimizer: optax.GradientTransformation) -> TrainState:
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+
+
+def _all_finite(tree) -> jax.Array:
+    """[] bool: every float of `tree` is finite (one reduction)."""
+    leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.stack(leaves).all() if leaves else jnp.bool_(True)
 
 
 def _split(batch: dict, m: int) -> dict:
@@ -70,7 +84,16 @@ def make_train_step(objective: Objective, optimizer: optax.GradientTransformatio
         metrics = {k: jnp.sum(v) / total_w for k, v in sums.items()}
         metrics["grad_norm"] = optax.global_norm(grads)
         metrics["examples"] = jnp.sum(ws)
-        return TrainState(state.step + 1, params, opt_state), metrics
+        # the NaN guard: a non-finite gradient shows in its norm; the new params are checked
+        # too (an update can overflow); a state already failed (step < 0) stays as it is
+        ok = ((state.step >= 0) & jnp.isfinite(metrics["loss"])
+              & jnp.isfinite(metrics["grad_norm"]) & _all_finite(params))
+        metrics["nonfinite"] = (~ok).astype(jnp.float32)
+        keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
+        step = jnp.where(ok, state.step + 1, jnp.where(state.step >= 0, -state.step - 1,
+                                                         state.step))
+        return TrainState(step, jax.tree.map(keep, params, state.params),
+                          jax.tree.map(keep, opt_state, state.opt_state)), metrics
 
     return step_fn
 

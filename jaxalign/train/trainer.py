@@ -10,8 +10,11 @@ over them:
 It restores the latest checkpoint of `workdir` if there is one, so an interrupted run started
 again with the same command continues exactly where it stopped: parameters, optimizer state,
 step and data position all come back, and the step's rng is `fold_in(seed, step)`.
-SIGTERM (TPU preemption) saves a checkpoint and returns. A non-finite loss stops the run with the
-offending batch saved next to the checkpoints, which keep only finite states.
+SIGTERM (TPU preemption) saves a checkpoint and raises `Preempted` (exit code 75). A step whose
+loss, gradients or updated parameters are not finite is not applied and stops the run, naming
+the step and the last checkpoint, with the offending batch saved next to the checkpoints; the
+state in memory and every checkpoint stay finite. A damaged newest checkpoint is moved aside
+with a warning and the one before it restored (`jaxalign.train.checkpoint`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import dataclasses
 import os
 import signal
 import time
+import weakref
 from typing import Any, Callable, Iterable
 
 import jax
@@ -27,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
+from jaxalign import io
 from jaxalign import sharding as shd
 from jaxalign.train.checkpoint import Checkpointer, abstract_like
 from jaxalign.train.metrics import MetricWriter
@@ -47,6 +52,17 @@ class LoopConfig:
     best_metric: str | None = None  # e.g. "eval/reward_accuracy"
     async_checkpoints: bool = True
     progress_bar: bool = True
+
+    def __post_init__(self):  # checked before anything compiles
+        for name, low in (("total_steps", 0), ("micro_batches", 1), ("log_every", 1),
+                          ("eval_every", 0), ("checkpoint_every", 1), ("keep_checkpoints", 1)):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < low:
+                why = " (0 would delete every checkpoint)" if name == "keep_checkpoints" else ""
+                raise ValueError(f"loop.{name} must be an integer >= {low}{why}, got {v!r}")
+        if self.best_metric is not None and not str(self.best_metric).startswith("eval/"):
+            raise ValueError(f"loop.best_metric names an evaluation metric, 'eval/<name>' "
+                             f"(e.g. 'eval/reward_accuracy'), got {self.best_metric!r}")
 
 
 def _programs(objective, optimizer, micro_batches: int, mesh, params, cache: dict | None):
@@ -86,13 +102,22 @@ class Trainer:
     `programs`: a dict the caller keeps across trainings; trainings with the same objective and
     optimizer objects then trace and compile their step once (ReST's improve steps). It holds
     what the objective closes over (a frozen reference's params) until the caller drops it.
-    Use as a context manager (or call `close()`): it waits for asynchronous saves.
+    Use as a context manager (or call `close()`): it waits for asynchronous saves. A Trainer
+    holds its workdir (`io.WorkdirLock`) from construction to `close()`: a second process on
+    the same workdir is refused, naming the first one's host and pid.
     """
 
     def __init__(self, loop: LoopConfig, *, objective, optimizer, params, model_cfg, mesh=None,
                  meta: dict | None = None, logical_axes=None, eval_batches: Iterable[dict] = (),
                  evaluate_fn: Callable[[Any], dict] | None = None, programs: dict | None = None):
         self.loop, self.meta = loop, meta
+        # one run per workdir, refused before anything compiles; released by close() (or when
+        # a Trainer whose __init__ failed is collected)
+        lock = io.WorkdirLock(loop.workdir, jax.process_index()).acquire()
+        self._unlock = weakref.finalize(self, lock.release)
+        for name in ("metrics.jsonl", "tensorboard", "checkpoints", "checkpoints/last",
+                     "checkpoints/best"):
+            io.refuse_link(os.path.join(loop.workdir, name))  # Orbax would write through one
         self.mesh = mesh or shd.make_mesh(data=-1)
         self._row_spec = shd.batch_sharding(self.mesh).spec[0]
         params = place_params(params, model_cfg, self.mesh, logical_axes)
@@ -113,7 +138,8 @@ class Trainer:
 
     # ---- resume ----
     def restore(self, data_iter=None) -> int:
-        """Restores the latest checkpoint (and the iterator's position); returns its step."""
+        """Restores the latest intact checkpoint (and the iterator's position); returns its
+        step. Damaged ones newer than it are moved aside with a warning (`Checkpointer`)."""
         if self.ckpt.latest_step() is not None:
             self.state, data_state, _ = self.ckpt.restore(abstract_like(self.state))
             if data_iter is not None:
@@ -124,7 +150,7 @@ class Trainer:
 
     def restore_best(self):
         """The params of the best checkpoint (by `loop.best_metric`); the last state's without
-        one."""
+        one. A damaged best checkpoint is an error naming it (there is no older best)."""
         if self.ckpt.best is None or self.ckpt.best.latest_step() is None:
             return self.state.params
         self.ckpt.wait()
@@ -136,7 +162,11 @@ class Trainer:
         return self.state.params
 
     # ---- step ----
-    def _put(self, batch: dict) -> dict:
+    def _put(self, batch: dict, micro_batches: int = 1) -> dict:
+        """The host batch on the mesh, rows split over the data-parallel axes (a row count that
+        does not split is an error naming it and the devices)."""
+        for rows in {np.shape(x)[0] for x in jax.tree.leaves(batch) if np.ndim(x)}:
+            shd.check_batch_rows(rows, self.mesh, micro_batches)
         spec = lambda x: jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(  # noqa: E731
             self._row_spec, *([None] * (np.ndim(x) - 1))))
         return jax.tree.map(lambda x: jax.device_put(x, spec(x)), batch)
@@ -145,22 +175,38 @@ class Trainer:
         """Dispatches one update; the previous step's metrics are read back meanwhile."""
         step = int(self.state.step) + 1 if self._pending is None else self._pending[0] + 1
         t0 = time.perf_counter()
-        self.state, metrics = self._step(self.state, self._put(host_batch), self.rng)
+        batch = self._put(host_batch, self.loop.micro_batches)
+        self.state, metrics = self._step(self.state, batch, self.rng)
         self.flush()
         self._pending = (step, metrics, host_batch, _tokens(host_batch), t0)
 
     def flush(self) -> dict | None:
-        """Reads back the pending step's metrics (a non-finite loss raises); returns them."""
+        """Reads back the pending step's metrics and returns them; a step that was not finite
+        (it changed nothing: `jaxalign.train.step`) raises FloatingPointError."""
         if self._pending is None:
             return None
         step, metrics, host_batch, ntok, t0 = self._pending
         self._pending = None
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        if not np.isfinite(m["loss"]):
+        if m.pop("nonfinite", 0.0):
+            # neither it nor a step dispatched after it changed the state: number it back
+            self.state = self.state.replace(step=jax.device_put(np.int32(step - 1),
+                                                                self.state.step.sharding))
             path = os.path.join(self.loop.workdir, f"nonfinite_batch_step{step}.npz")
             np.savez(path, **{k: v for k, v in host_batch.items() if np.asarray(v).dtype != object})
-            raise FloatingPointError(f"step {step}: loss is {m['loss']}; batch saved to {path};"
-                                     " the last checkpoint holds the last finite state")
+            loss, norm = m["loss"], m["grad_norm"]
+            why = (f"loss is {loss}" if not np.isfinite(loss) else
+                   f"gradient norm is {norm} (loss {loss})" if not np.isfinite(norm) else
+                   f"the update makes parameters non-finite (loss {loss}, gradient norm {norm}; "
+                   "learning rate too large?)")
+            last = self.ckpt.latest_step()
+            ckpt = ("no checkpoint has been saved yet" if last is None else
+                    f"the last checkpoint is step {last} "
+                    f"({os.path.join(self.ckpt.directory, 'last', str(last))})")
+            raise FloatingPointError(
+                f"step {step}: {why}. The update was not applied: the state is still step "
+                f"{step - 1}'s, and {ckpt}; a restart from it meets this batch again. Batch "
+                f"saved to {path}")
         # a step's time: from its dispatch or the previous step's completion, whichever is
         # later, to its completion. Not from its dispatch alone: where dispatch does not return
         # before the computation is done (XLA on CPU), that would also count the next step.
@@ -190,6 +236,10 @@ class Trainer:
         out = {k: v / max(total, 1e-9) for k, v in sums.items()}
         if self.evaluate_fn is not None:
             out.update({k: float(v) for k, v in self.evaluate_fn(self.state.params).items()})
+        best = self.loop.best_metric
+        if best and best.removeprefix("eval/") not in out:
+            raise ValueError(f"loop.best_metric {best!r} is not an evaluation metric of this "
+                             f"run; it has {sorted('eval/' + k for k in out) or 'none'}")
         if not out:
             return None
         self.writer.write(step, out, prefix="eval")
@@ -212,12 +262,15 @@ class Trainer:
         try:
             self.flush()
         finally:
-            self.ckpt.wait()
-            self.ckpt.close()
-            self.writer.close()
-            if self._bar is not None:
-                self._bar.close()
-            signal.signal(signal.SIGTERM, self._previous_handler)
+            try:
+                self.ckpt.wait()
+                self.ckpt.close()
+            finally:
+                self.writer.close()
+                if self._bar is not None:
+                    self._bar.close()
+                signal.signal(signal.SIGTERM, self._previous_handler)
+                self._unlock()
 
     def __enter__(self) -> "Trainer":
         return self
@@ -243,13 +296,34 @@ def train(loop: LoopConfig, *, objective, optimizer, params, model_cfg, train_it
         return t.state
 
 
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL of sysexits.h, "try again later": schedulers re-queue on it
+
+
+class Preempted(SystemExit):
+    """SIGTERM stopped training after the checkpoint of `step` was saved in `workdir`.
+
+    A SystemExit, so nothing that follows training (an export, an evaluation, the next phase of
+    a loop) runs on a half-trained state and `except Exception` does not swallow it; a script
+    that does not catch it exits with EXIT_PREEMPTED (75), and `python -m jaxalign` prints
+    one line first. Running the same command again resumes from that checkpoint."""
+
+    def __init__(self, step: int, workdir: str):
+        super().__init__(EXIT_PREEMPTED)
+        self.step, self.workdir = step, workdir
+
+    def __str__(self) -> str:
+        return (f"preempted (SIGTERM) after saving the checkpoint of step {self.step} in "
+                f"{self.workdir}; run the same command again to resume")
+
+
 def run_loop(t: Trainer, train_iter, on_step: Callable[[int], Any] | None = None) -> None:
     """The loop of `train`: restore, evaluate at 0, step, checkpoint, evaluate (keeping the best
-    by `loop.best_metric`), stop on SIGTERM after a checkpoint."""
+    by `loop.best_metric`). On SIGTERM: checkpoint, wait for the save, raise `Preempted`."""
     loop = t.loop
     start = t.restore(train_iter)
     t.progress(start)
     if start == 0:
+        t.writer.rewind(-1)  # no checkpoint: every row a killed run logged goes, step 0's too
         t.evaluate(0)  # the baseline every curve starts from
     for step in range(start + 1, loop.total_steps + 1):
         t.step(next(train_iter))
@@ -258,12 +332,16 @@ def run_loop(t: Trainer, train_iter, on_step: Callable[[int], Any] | None = None
         if loop.eval_every and step % loop.eval_every == 0 or step == loop.total_steps:
             t.flush()
             t.save_best(t.evaluate(step), train_iter.state())
-        if step % loop.checkpoint_every == 0 or step == loop.total_steps or t.sigterm:
+        saved = step % loop.checkpoint_every == 0 or step == loop.total_steps or t.sigterm
+        if saved:
             t.save(train_iter.state())
         if on_step is not None:
             on_step(step)
-        if t.sigterm:
-            break
+        if t.sigterm:  # checked after on_step too: a signal that came meanwhile is not lost
+            if not saved:
+                t.save(train_iter.state())
+            t.ckpt.wait()  # on disk before the exit code says so
+            raise Preempted(step, loop.workdir)
 
 
 def place_params(params, model_cfg, mesh, logical_axes=None):

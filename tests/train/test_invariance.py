@@ -40,8 +40,10 @@ def test_precomputed_reference_equals_on_the_fly(tmp_path):
     batches = [preference_batch(s) for s in range(3)]
     table = precompute_reference_logps(TINY, params, batches, str(tmp_path / "ref.npz"))
     assert len(table) == 24
-    reloaded = precompute_reference_logps(TINY, None, [], str(tmp_path / "ref.npz"))
+    # the same weights reuse the cached table (no batches needed); others recompute it
+    reloaded = precompute_reference_logps(TINY, params, [], str(tmp_path / "ref.npz"))
     assert reloaded.keys() == table.keys()
+    assert len(precompute_reference_logps(TINY, policy, [], str(tmp_path / "ref.npz"))) == 0
     on_the_fly = preference_objective(TINY, loss_kwargs={"beta": 0.1}, ref_params=params)
     cached = preference_objective(TINY, loss_kwargs={"beta": 0.1})
     for b in batches:
