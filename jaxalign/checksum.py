@@ -24,15 +24,25 @@ _UINT = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}
 
 
 def _bits(x: jax.Array) -> jax.Array:
-    """The leaf's bits as a flat uint32 vector (64-bit leaves as two words per value)."""
+    """The leaf's bits as uint32, in its own shape (64-bit leaves: a trailing axis of 2 words).
+    Never reshaped: a flat view of a leaf sharded on an inner axis would gather it whole."""
     if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
         x = jax.random.key_data(x)
     if x.dtype == jnp.bool_:
         x = x.astype(jnp.uint8)
     size = x.dtype.itemsize
     if size == 8:
-        return jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
-    return jax.lax.bitcast_convert_type(x, _UINT[size]).reshape(-1).astype(jnp.uint32)
+        return jax.lax.bitcast_convert_type(x, jnp.uint32)
+    return jax.lax.bitcast_convert_type(x, _UINT[size]).astype(jnp.uint32)
+
+
+def _flat_index(shape: tuple[int, ...]) -> jax.Array:
+    """Each element's row-major position (mod 2**32), built from iotas in the array's shape."""
+    i, stride = jnp.zeros(shape, jnp.uint32), 1
+    for d in reversed(range(len(shape))):
+        i = i + jax.lax.broadcasted_iota(jnp.uint32, shape, d) * jnp.uint32(stride % 2**32)
+        stride *= shape[d]
+    return i
 
 
 @jax.jit
@@ -41,7 +51,7 @@ def _sums(leaves: list) -> jax.Array:
     out = []
     for x in leaves:
         b = _bits(x)
-        w = jnp.arange(b.shape[0], dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
+        w = _flat_index(b.shape) * jnp.uint32(2) + jnp.uint32(1)
         out.append(jnp.stack([b.sum(dtype=jnp.uint32), (b * w).sum(dtype=jnp.uint32)]))
     return jnp.stack(out) if out else jnp.zeros((0, 2), jnp.uint32)
 

@@ -107,7 +107,7 @@ def read_committed(path: str | os.PathLike) -> bytes:
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
-    write_committed(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    write_committed(path, json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n")
 
 
 def read_json(path: str | os.PathLike):
@@ -115,7 +115,7 @@ def read_json(path: str | os.PathLike):
 
 
 def write_jsonl(path: str | os.PathLike, rows) -> None:
-    write_committed(path, "".join(json.dumps(r) + "\n" for r in rows))
+    write_committed(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in rows))
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -27,3 +27,10 @@ def test_checksums_are_sharding_invariant_and_see_every_bit():
     assert leaf_checksums(dict(tree, w=swapped))["w"] != host["w"]
     assert tree_fingerprint(sharded) == tree_fingerprint(tree)
     assert tree_fingerprint(dict(tree, w=flipped)) != tree_fingerprint(tree)
+
+
+def test_inner_axis_sharding_gives_the_same_sums():
+    x = np.arange(64 * 32, dtype=np.float32).reshape(64, 32) / 7
+    mesh = make_mesh(data=2, fsdp=4)
+    inner = jax.device_put(x, NamedSharding(mesh, P("data", "fsdp")))
+    assert leaf_checksums({"x": inner}) == leaf_checksums({"x": x})

@@ -246,7 +246,8 @@ def _check_scores(cols: dict, recs: list[dict], columns: list[str]) -> None:
         bad = np.flatnonzero(~np.isfinite(v))
         if bad.size:
             r, x = recs[bad[0]], cols[c][bad[0]]
-            raise ValueError(f"score step gave {c}={x!r} for the record of prompt id "
+            x = v[bad[0]] if isinstance(x, (int, float, np.number)) else repr(x)
+            raise ValueError(f"score step gave {c}={x} for the record of prompt id "
                              f"{r.get('id')!r}, sample {r.get('sample')} "
                              f"({r.get('_loc', 'no file')}); {bad.size} of {len(recs)} in this "
                              f"chunk are not finite numbers")

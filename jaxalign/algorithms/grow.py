@@ -204,7 +204,8 @@ def _scores(rows: list[dict], out, pairs, score_fn: ScoreFn) -> list[float]:
     if bad.size:
         k, j = pairs[bad[0]]
         value = got[bad[0]] if isinstance(got, (list, tuple)) else scores[bad[0]]
-        raise ValueError(f"score_fn gave {value!r} for {_name(rows[k], j)}: scores must be "
+        value = scores[bad[0]] if isinstance(value, (int, float, np.number)) else repr(value)
+        raise ValueError(f"score_fn gave {value} for {_name(rows[k], j)}: scores must be "
                          f"finite numbers ({bad.size} of {len(pairs)} in this batch are not)")
     return scores.tolist()
 

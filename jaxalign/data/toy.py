@@ -56,7 +56,7 @@ def write_preference_jsonl(path: str, n: int, seed: int) -> str:
     """Writes the set once (atomically); later calls reuse the file."""
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path + ".tmp", "w") as fh:
+        with open(path + ".tmp", "w", opener=_no_follow) as fh:
             for row in preference_rows(n, seed):
                 fh.write(json.dumps(row) + "\n")
         os.replace(path + ".tmp", path)
@@ -69,3 +69,8 @@ def positive_fraction(texts) -> float:
     pos = sum(w in POSITIVE for w in words)
     neg = sum(w in NEGATIVE for w in words)
     return pos / (pos + neg) if pos + neg else 0.5
+
+
+def _no_follow(path: str, flags: int) -> int:
+    """An `open` opener that refuses a symbolic link planted at `path` (O_NOFOLLOW)."""
+    return os.open(path, flags | os.O_NOFOLLOW, 0o666)

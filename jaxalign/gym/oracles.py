@@ -18,6 +18,7 @@ import os
 
 import numpy as np
 
+from jaxalign import io
 from jaxalign.gym import language as L
 from jaxalign.gym import tasks
 
@@ -105,7 +106,7 @@ def preference_rows(sampler, prompts, oracle, *, pairs: int = 1, seed: int = 0,
 
 def write_jsonl(path: str, rows: list[dict]) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w") as fh:
+    with io.open_for_write(path + ".tmp", "w") as fh:
         for r in rows:
             fh.write(json.dumps(r) + "\n")
     os.replace(path + ".tmp", path)

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, SingleDeviceSharding
 
+from jaxalign import io
 from jaxalign import sharding as shd
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.hf_config import config_from_hf, config_to_hf, read_hf_config
@@ -231,6 +232,6 @@ def save_hf(directory: str, cfg: ModelConfig, params, *, dtype: str | None = Non
 
 
 def _write_json(path: str, obj) -> None:
-    with open(path + ".tmp", "w") as fh:
+    with io.open_for_write(path + ".tmp", "w") as fh:
         json.dump(obj, fh, indent=2)
     os.replace(path + ".tmp", path)

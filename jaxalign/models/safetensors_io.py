@@ -16,6 +16,8 @@ from typing import Callable, Iterable, Mapping
 import ml_dtypes
 import numpy as np
 
+from jaxalign import io
+
 _DTYPES = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
     "BF16": np.dtype(ml_dtypes.bfloat16), "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
@@ -237,7 +239,7 @@ def write_safetensors(path: str, tensors: Iterable[tuple[str, tuple, np.dtype,
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
     tmp = path + ".tmp"
-    with open(tmp, "wb") as fh:
+    with io.open_for_write(tmp, "wb") as fh:
         fh.write(struct.pack("<Q", len(blob)))
         fh.write(blob)
         for name, shape, dtype, produce in tensors:

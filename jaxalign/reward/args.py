@@ -74,8 +74,8 @@ class ArgsSampler(Sampler):
         if rm_cfg.vocab_size < self.vocab_size:
             raise ValueError(f"reward model vocabulary {rm_cfg.vocab_size} is smaller than the "
                              f"policy's tokenizer's {self.vocab_size}: not the same tokenizer?")
-        if rm_cfg.is_gpt2 and rm_cfg.max_position_embeddings < self.max_len:
-            raise ValueError(f"the reward model has {rm_cfg.max_position_embeddings} learned "
+        if rm_cfg.max_position_embeddings < self.max_len:
+            raise ValueError(f"the reward model supports {rm_cfg.max_position_embeddings} "
                              f"positions, fewer than max_len={self.max_len}")
         kernel = rm_params["score"]["kernel"]
         if kernel.shape != (rm_cfg.hidden_size, 1):
@@ -85,11 +85,16 @@ class ArgsSampler(Sampler):
         self.reward = ScalarRewardStep(rm_cfg)
         score = jax.device_put(dict(rm_params["score"]),
                                shd.tree_shardings(SCORE_AXES, rm_params["score"], self.mesh))
-        self.reward_params = {"model": self._place(backbone_config(rm_cfg), rm_params["model"]),
+        self.reward_params = {"model": self._place(backbone_config(rm_cfg), rm_params["model"],
+                                                   "the reward model"),
                               "score": score}
         invariant = batch_invariant and jax.default_backend() == "cpu"
         self._prefill, self._decode = args.compiled(
             loop.BATCH_INVARIANT_CPU if invariant else ())
+
+    def weights(self) -> dict:
+        """The policy's params and the reward model's (its output depends on both)."""
+        return {**super().weights(), "reward": self.reward_params}
 
     def stream(self, prompts=None, *, prompt_ids: Sequence[Sequence[int]] | None = None,
                ids: Sequence[int | str] | None = None, n: int = 1, k: int = 10,

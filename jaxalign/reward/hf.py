@@ -20,6 +20,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
+from jaxalign import io
 from jaxalign import sharding as shd
 from jaxalign.models.hf import (CheckpointError, check_tensor, load_params, save_hf,
                                 tensor_sources)
@@ -140,6 +141,6 @@ def save_reward_hf(directory: str, cfg, params, *, dtype: str | None = None,
 
 
 def _write_json(path: str, obj) -> None:
-    with open(path + ".tmp", "w") as fh:
+    with io.open_for_write(path + ".tmp", "w") as fh:
         json.dump(obj, fh, indent=2)
     os.replace(path + ".tmp", path)

@@ -115,13 +115,76 @@ def _nonfinite_params(state) -> list[str]:
 def _cause(e: BaseException, limit: int = 300) -> str:
     """One line for an error from deep inside Orbax, TensorStore or json: the innermost
     message of the chain (TensorStore's names the file or array), without its spec dump."""
-    inner = lambda x: x.__cause__ or (None if x.__suppress_context__ else x.__context__)  # noqa: E731
+    def inner(x):
+        return x.__cause__ or (None if x.__suppress_context__ else x.__context__)
+
     while inner(e) is not None:
         e = inner(e)
     text = str(e).split(" [tensorstore_spec=")[0].strip().splitlines()
     text = text[0] if text else ""
     text = f"{type(e).__name__}: {text}" if text else type(e).__name__
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _check_files(where: str) -> None:
+    """The step directory holds its three items and the state's array metadata."""
+    if not os.path.isdir(where):
+        raise FileNotFoundError(f"{where}: no such checkpoint")
+    missing = [i for i in ITEMS if not os.path.isdir(os.path.join(where, i))]
+    if missing:
+        what = "is empty" if not os.listdir(where) else "has no " + ", ".join(
+            f"{i}/" for i in missing)
+        raise DamagedCheckpoint(f"{where}: damaged checkpoint: the step directory {what}")
+    state_dir = os.path.join(where, "state")
+    needed = ["_METADATA"] + (["manifest.ocdbt"] if any(  # Orbax's OCDBT format
+        n.startswith("ocdbt.process_") for n in os.listdir(state_dir)) else [])
+    for name in needed:
+        if not os.path.isfile(os.path.join(state_dir, name)):
+            raise DamagedCheckpoint(f"{where}: damaged checkpoint: state/{name} is missing")
+
+
+def _read_meta(manager, step: int, where: str) -> dict:
+    """The step's `meta` item, checked against the fingerprint saved in it (when there is one:
+    checkpoints written before it have none)."""
+    try:
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        meta = meta["meta"]
+    except Exception as e:  # noqa: BLE001 (Orbax and json raise many types)
+        raise DamagedCheckpoint(f"{where}: damaged checkpoint: cannot read meta/: "
+                                f"{_cause(e)}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+        raise DamagedCheckpoint(f"{where}: damaged checkpoint: meta/ holds no model config")
+    fingerprint = meta.pop("meta_fingerprint", None)
+    if fingerprint is not None and fingerprint != data_fingerprint(meta):
+        raise DamagedCheckpoint(f"{where}: damaged checkpoint: meta/ does not match the "
+                                "fingerprint saved with it (corrupt or edited)")
+    return meta
+
+
+def _saved_arrays(manager, step: int, where: str, checksums: dict | None):
+    """({path: shape}, {path: dtype} or None) of the saved state: the record in `meta` (Orbax's
+    array metadata must list the same), else Orbax's list alone."""
+    try:
+        on_disk = manager.item_metadata(step)["state"]
+        on_disk = _leaf_shapes(on_disk) if on_disk is not None else {}
+    except Exception as e:  # noqa: BLE001
+        raise DamagedCheckpoint(f"{where}: damaged checkpoint: cannot read the state's array "
+                                f"metadata (state/_METADATA, state/manifest.ocdbt): "
+                                f"{_cause(e)}") from None
+    if checksums is None:
+        if not on_disk:
+            raise DamagedCheckpoint(f"{where}: damaged checkpoint: the state's array metadata "
+                                    "(state/_METADATA) lists no arrays")
+        return on_disk, None
+    record = _recorded(checksums)
+    saved = {k: shape for k, (shape, _) in record.items()}
+    if on_disk != saved:
+        odd = sorted(k for k in saved.keys() | on_disk.keys() if saved.get(k) != on_disk.get(k))
+        raise DamagedCheckpoint(
+            f"{where}: damaged checkpoint: the state's array metadata (state/_METADATA) does "
+            f"not list the arrays saved ({len(odd)} differ, e.g. {odd[0]}: saved "
+            f"{saved.get(odd[0])}, listed {on_disk.get(odd[0])})")
+    return saved, {k: dtype for k, (_, dtype) in record.items()}
 
 
 class Checkpointer:
@@ -194,57 +257,23 @@ class Checkpointer:
                 warnings.warn(f"{e}; moved it to {moved} and restoring the next older "
                               "checkpoint, if any", stacklevel=2)
         if damaged:
+            then = ("run again to start from step 0" if which == "last" else
+                    "there is no older best checkpoint")
             raise DamagedCheckpoint(
                 f"{manager.directory}: no intact checkpoint to restore: " + "; ".join(damaged)
-                + ". The damaged ones stay under their new names; run again to start from "
-                "step 0, or put an intact copy back")
+                + f". The damaged ones stay under their new names; {then}, or put an intact "
+                "copy back")
         raise FileNotFoundError(f"{manager.directory}: no checkpoint to restore")
 
     def _restore(self, manager, step: int, abstract_state):
         """One step's (state, data, meta), checked against its record; DamagedCheckpoint or
         CheckpointMismatch (intact, but another run's) otherwise."""
         where = os.path.join(str(manager.directory), str(step))
-        missing = [i for i in ITEMS if not os.path.isdir(os.path.join(where, i))]
-        if missing:
-            what = ("is empty" if not os.listdir(where) else
-                    "has no " + ", ".join(f"{i}/" for i in missing))
-            raise DamagedCheckpoint(f"{where}: damaged checkpoint: the step directory {what}")
-        try:
-            meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-            meta = meta["meta"]
-        except Exception as e:  # noqa: BLE001 (Orbax and json raise many types)
-            raise DamagedCheckpoint(f"{where}: damaged checkpoint: cannot read meta/: "
-                                    f"{_cause(e)}") from None
-        if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
-            raise DamagedCheckpoint(f"{where}: damaged checkpoint: meta/ holds no model config")
-        fingerprint = meta.pop("meta_fingerprint", None)  # absent in checkpoints before it
-        if fingerprint is not None and fingerprint != data_fingerprint(meta):
-            raise DamagedCheckpoint(f"{where}: damaged checkpoint: meta/ does not match the "
-                                    "fingerprint saved with it (corrupt or edited)")
+        _check_files(where)
+        meta = _read_meta(manager, step, where)
         _compare(meta["model"], _config_dict(self.model_cfg), where)
-        checksums = meta.get("checksums")
-        try:
-            on_disk = manager.item_metadata(step)["state"]
-            on_disk = _leaf_shapes(on_disk) if on_disk is not None else {}
-        except Exception as e:  # noqa: BLE001
-            raise DamagedCheckpoint(f"{where}: damaged checkpoint: cannot read the state's "
-                                    f"array metadata (state/_METADATA): {_cause(e)}") from None
-        if checksums is None:  # written before checksums were recorded: Orbax's list only
-            if not on_disk:
-                raise DamagedCheckpoint(f"{where}: damaged checkpoint: the state's array "
-                                        "metadata (state/_METADATA) is missing or empty")
-            saved, dtypes = on_disk, None
-        else:
-            record = _recorded(checksums)
-            saved = {k: shape for k, (shape, _) in record.items()}
-            dtypes = {k: dtype for k, (_, dtype) in record.items()}
-            if on_disk != saved:
-                odd = sorted(k for k in saved.keys() | on_disk.keys()
-                             if saved.get(k) != on_disk.get(k))
-                raise DamagedCheckpoint(
-                    f"{where}: damaged checkpoint: the state's array metadata "
-                    f"(state/_METADATA) does not list the arrays saved ({len(odd)} differ, "
-                    f"e.g. {odd[0]}: saved {saved.get(odd[0])}, listed {on_disk.get(odd[0])})")
+        checksums = meta.get("checksums")  # absent in checkpoints written before them
+        saved, dtypes = _saved_arrays(manager, step, where, checksums)
         _compare_state(saved, abstract_state, where, dtypes=dtypes)
         read = {"data": ocp.args.JsonRestore(),
                 "state": ocp.args.StandardRestore(abstract_state)}

@@ -193,20 +193,22 @@ class Trainer:
             self.state = self.state.replace(step=jax.device_put(np.int32(step - 1),
                                                                 self.state.step.sharding))
             path = os.path.join(self.loop.workdir, f"nonfinite_batch_step{step}.npz")
-            np.savez(path, **{k: v for k, v in host_batch.items() if np.asarray(v).dtype != object})
+            with io.open_for_write(path, "wb") as fh:
+                np.savez(fh, **{k: v for k, v in host_batch.items()
+                                if np.asarray(v).dtype != object})
             loss, norm = m["loss"], m["grad_norm"]
             why = (f"loss is {loss}" if not np.isfinite(loss) else
                    f"gradient norm is {norm} (loss {loss})" if not np.isfinite(norm) else
                    f"the update makes parameters non-finite (loss {loss}, gradient norm {norm}; "
                    "learning rate too large?)")
             last = self.ckpt.latest_step()
-            ckpt = ("no checkpoint has been saved yet" if last is None else
-                    f"the last checkpoint is step {last} "
+            ckpt = ("no checkpoint has been saved yet (a restart begins at step 0)"
+                    if last is None else f"the last checkpoint is step {last} "
                     f"({os.path.join(self.ckpt.directory, 'last', str(last))})")
             raise FloatingPointError(
                 f"step {step}: {why}. The update was not applied: the state is still step "
-                f"{step - 1}'s, and {ckpt}; a restart from it meets this batch again. Batch "
-                f"saved to {path}")
+                f"{step - 1}'s, and {ckpt}; a restart meets this batch again. Batch saved to "
+                f"{path}")
         # a step's time: from its dispatch or the previous step's completion, whichever is
         # later, to its completion. Not from its dispatch alone: where dispatch does not return
         # before the computation is done (XLA on CPU), that would also count the next step.
@@ -288,7 +290,9 @@ def train(loop: LoopConfig, *, objective, optimizer, params, model_cfg, train_it
           on_step: Callable[[int], Any] | None = None, logical_axes=None,
           evaluate_fn: Callable[[Any], dict] | None = None) -> TrainState:
     """Runs (or resumes) to `loop.total_steps`; returns the final state. Arguments as Trainer;
-    `train_iter` is a resumable batch iterator (`next(it)`, `it.state()`, `it.restore(state)`)."""
+    `train_iter` is a resumable batch iterator (`next(it)`, `it.state()`, `it.restore(state)`).
+    Raises `Preempted` (exit code 75) after saving a checkpoint when SIGTERM arrives, and
+    FloatingPointError on a non-finite step (the update not applied, nothing non-finite saved)."""
     with Trainer(loop, objective=objective, optimizer=optimizer, params=params,
                  model_cfg=model_cfg, mesh=mesh, meta=meta, logical_axes=logical_axes,
                  eval_batches=list(eval_batches), evaluate_fn=evaluate_fn) as t:

@@ -20,7 +20,8 @@ from jaxalign.train.step import compile_step, init_state, make_train_step
 from jaxalign.train.trainer import LoopConfig, Trainer, run_loop
 from tests.train.batches import TINY
 
-D = 8  # the matrix is D x D, sharded (fsdp, model) on a 2 x 2 x 2 mesh
+D = 64  # w is D x D, sharded (fsdp, model) on a 2 x 2 x 2 mesh; big enough that Orbax
+# stores its chunks out of line (small values sit in checksummed OCDBT nodes)
 AXES = {"w": ("embed", "mlp")}
 
 

@@ -36,7 +36,8 @@ def prompts_file(tmp_path_factory):
 def reference(prompts_file, llama_dir, tmp_path_factory):
     """An uninterrupted run: (shard paths, records)."""
     out = str(tmp_path_factory.mktemp("ref"))
-    paths = grow(prompts_file, llama_dir, out_dir=out, score_fn=score, progress=False, **SETTINGS)
+    paths = grow(prompts_file, llama_dir, out_dir=out, score_fn=score, score_id="score",
+                 progress=False, **SETTINGS)
     return paths, read_shards(paths)
 
 
@@ -65,7 +66,8 @@ def test_killed_run_restarts_to_the_same_records(reference, prompts_file, llama_
         def slow(prompts, completions):
             time.sleep(0.8)  # so the run is still going when it is killed
             return [len(c) + 0.5 * len(p) for p, c in zip(prompts, completions)]
-        grow({prompts_file!r}, {llama_dir!r}, out_dir={out!r}, score_fn=slow, progress=False,
+        grow({prompts_file!r}, {llama_dir!r}, out_dir={out!r}, score_fn=slow, score_id="score",
+             progress=False,
              **{SETTINGS!r})
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ),
@@ -88,7 +90,8 @@ def test_killed_run_restarts_to_the_same_records(reference, prompts_file, llama_
         fh.write('{"id": "torn"')
     assert not is_committed(torn)
 
-    paths = grow(prompts_file, llama_dir, out_dir=out, score_fn=score, progress=False, **SETTINGS)
+    paths = grow(prompts_file, llama_dir, out_dir=out, score_fn=score, score_id="score",
+                 progress=False, **SETTINGS)
     got = read_shards(paths)
     want = reference[1]
     assert len(got) == len(want) == len({(r["id"], r["sample"]) for r in got})
