@@ -41,7 +41,7 @@ def get_config(arg: str = ""):
     c.arm = ml_collections.ConfigDict(dict(
         beta_r=0.1, gamma=0.0, steps=60 if smoke else 300, batch_size=32,
         lr=2e-3 if smoke else 1e-3))
-    c.guide_convention = "paper"  # or "official" (see jaxalign.sampling.loop)
+    c.guide_convention = "paper"  # or "official" (see jaxalign.sampling.strategies)
     c.alphas = [0.0, 0.25, 1.0] if smoke else [0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 10.0]
     c.multi = ml_collections.ConfigDict(dict(
         tasks=("helpfulness", "harmlessness"), total_alpha=1.0,

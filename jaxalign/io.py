@@ -1,4 +1,6 @@
-"""Committed files: data first, then a marker, so a reader never takes a torn write for a whole one.
+"""Writes a crash cannot tear: committed files (data, then a marker) and atomic replacement.
+
+Committed files: data first, then a marker, so a reader never takes a torn write for a whole one.
 
     write_committed("iter_001/grow/chunk-00003.jsonl", text)   # the data, then chunk-...jsonl.commit
     if is_committed(path): rows = read_committed(path)
@@ -10,6 +12,11 @@ data that does not match it), and the writer simply writes it again. Nothing is 
 same protocol holds on object stores (GCS, S3), which have no atomic rename but write each
 object whole. Only one process writes a given path (see `jaxalign.algorithms.driver` for who).
 
+A file replaced whole (a config, a safetensors file, a rewritten log) goes through
+`write_atomic` (or `atomic_writer` to stream it): a temp file beside it, fsynced, renamed over
+the path, then the directory fsynced, so a crash leaves the old file or the new one, never a
+torn one. That needs an atomic rename (a local or network filesystem, not an object store).
+
 Every file is opened with `open_for_write`, which refuses a symbolic link at the path (a link
 planted in a workdir would redirect the write to any file the run can write).
 
@@ -18,6 +25,7 @@ One run per workdir: `WorkdirLock` (below) holds `<workdir>/.lock` for the run's
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -61,6 +69,51 @@ def open_for_write(path: str | os.PathLike, mode: str = "w"):
         raise ValueError(f"open_for_write: mode {mode!r}; expected 'w', 'wb', 'a' or 'ab'")
     flags = os.O_WRONLY | (os.O_APPEND if mode[0] == "a" else os.O_TRUNC)
     return os.fdopen(_open_nofollow(os.fspath(path), flags), mode)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike, mode: str = "w"):
+    """A file (mode "w" or "wb") whose contents replace `path` whole when the block ends: written
+    to `<path>.tmp` (opened with `open_for_write`: a planted link is refused), flushed and
+    fsynced, renamed over `path`, then the directory fsynced so the rename itself survives a
+    crash. An error inside the block removes the temp file and leaves `path` as it was."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_writer: mode {mode!r}; expected 'w' or 'wb'")
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = path + ".tmp"
+    fh = open_for_write(tmp, mode)
+    try:
+        with fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    _fsync_directory(directory)
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> str:
+    """Replaces `path` with `data` whole (`atomic_writer`); returns `path`."""
+    with atomic_writer(path, "w" if isinstance(data, str) else "wb") as fh:
+        fh.write(data)
+    return os.fspath(path)
+
+
+def _fsync_directory(directory: str) -> None:
+    """fsync of a directory (its entries: a rename in it); filesystems that cannot are skipped."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as e:  # e.g. EINVAL on some network filesystems: nothing more to do there
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 def _sha256(data: bytes) -> str:

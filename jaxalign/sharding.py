@@ -2,7 +2,8 @@
 
 Design: jaxalign uses *auto* mesh axes (GSPMD propagation). Parameters carry logical axis names
 (`vocab`, `embed`, `heads`, `kv`, `mlp`, `layers`); `LOGICAL_RULES` maps them onto the mesh axes
-`data`, `fsdp`, `model`. Inputs are placed with `batch_sharding` and the compiler propagates the
+`data`, `fsdp`, `model`; `place` puts a tree of them on a mesh (`jaxalign.models.place_params`
+for a model's). Inputs are placed with `batch_sharding` and the compiler propagates the
 rest, helped by a few activation constraints inside the model. Explicit-axis sharding (the
 `jax.make_mesh` default since 0.7) would make every matmul spell out its output sharding; for a
 research codebase whose users edit models, auto propagation keeps the model code free of it.
@@ -17,7 +18,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P, SingleDeviceSharding
 
 MESH_AXES = ("data", "fsdp", "model")
 
@@ -72,12 +73,27 @@ def logical_to_spec(logical: Sequence[str | None], shape: Sequence[int], mesh: M
     return P(*out)
 
 
-def tree_shardings(logical_tree, shape_tree, mesh: Mesh, rules=LOGICAL_RULES):
-    """NamedShardings for a pytree, from a matching pytree of logical-name tuples."""
-    return jax.tree.map(
-        lambda names, x: NamedSharding(mesh, logical_to_spec(names, x.shape, mesh, rules)),
-        logical_tree, shape_tree, is_leaf=lambda n: isinstance(n, tuple),
-    )
+def tree_shardings(logical_tree, shape_tree, mesh: Mesh | None, rules=LOGICAL_RULES):
+    """NamedShardings for a pytree, from a matching pytree of logical-name tuples (every leaf on
+    the first device when `mesh` is None)."""
+    def sharding(names, x):
+        if mesh is None:
+            return SingleDeviceSharding(jax.devices()[0])
+        return NamedSharding(mesh, logical_to_spec(names, x.shape, mesh, rules))
+
+    return jax.tree.map(sharding, logical_tree, shape_tree,
+                        is_leaf=lambda n: isinstance(n, tuple))
+
+
+def place(tree, logical_tree, mesh: Mesh | None, rules=LOGICAL_RULES):
+    """`tree` (numpy or jax arrays, wherever they are) on `mesh`, each leaf with the sharding its
+    logical axis names give (`tree_shardings`); every leaf replicated when `logical_tree` is
+    None; on the first device when `mesh` is None. The one way jaxalign puts a parameter tree
+    on a mesh (`jaxalign.models.place_params` supplies a model's logical axes)."""
+    if logical_tree is None:
+        one = SingleDeviceSharding(jax.devices()[0]) if mesh is None else NamedSharding(mesh, P())
+        return jax.device_put(tree, one)
+    return jax.device_put(tree, tree_shardings(logical_tree, tree, mesh, rules))
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:

@@ -25,6 +25,8 @@ class Rule(NamedTuple):
 
 
 # unit (a package folder or a top-level module of jaxalign/) -> its rule. Bottom to top:
+# -1  the base: io.py (atomic and committed files, the workdir lock) and checksum.py; they
+#     import nothing of ours, and every unit may import them (data/toy.py writes atomically).
 #  0  leaves: pure array functions (losses), data, meshes, I/O helpers; no model in sight.
 #  1  models: Flax modules and HF weights; know nothing of training or preferences.
 #  2  sampling (decoding) and train (step, optimizer, checkpoints): two consumers of a model
@@ -38,8 +40,9 @@ class Rule(NamedTuple):
 #  6  gym: synthetic experiments built from the loops (never from a runner's config plumbing).
 #  7  the entry point and the demo: nothing imports them.
 RULES = {
+    "io.py": Rule(-1), "checksum.py": Rule(-1),
     "__init__.py": Rule(0), "data": Rule(0), "losses": Rule(0), "sharding.py": Rule(0),
-    "kernels": Rule(0), "io.py": Rule(0), "checksum.py": Rule(0),
+    "kernels": Rule(0),
     "models": Rule(1),
     "sampling": Rule(2), "train": Rule(2),
     "reward": Rule(3, never=("train/*",)),
@@ -179,3 +182,20 @@ def test_checker_reports_violations(tmp_path):
     assert "jaxalign/gym/g.py:1: imports jaxalign.algorithms.run_x: gym must never import" in text
     assert "sampling and train share layer 2" in text
     assert "models/ok.py" not in text
+
+
+def test_io_and_checksum_sit_below_layer_zero(tmp_path):
+    _write(tmp_path, "__init__.py")
+    _write(tmp_path, "data/__init__.py")
+    _write(tmp_path, "data/toy.py", "from jaxalign import io\n")  # a layer-0 unit writes files
+    _write(tmp_path, "losses/__init__.py", "from jaxalign import data\n")  # layer 0 peers: no
+    _write(tmp_path, "io.py", "from jaxalign import checksum\n")
+    _write(tmp_path, "checksum.py", "from jaxalign.data import toy\n")
+    problems = check_layers(str(tmp_path))
+    assert problems == [
+        "jaxalign/checksum.py:1: imports jaxalign.data.toy: layer -1 (checksum.py) imports "
+        "layer 0 (data), above it",
+        "jaxalign/io.py:1: imports jaxalign.checksum: io.py and checksum.py share layer -1 and "
+        "must not import each other",
+        "jaxalign/losses/__init__.py:1: imports jaxalign.data: losses and data share layer 0 and "
+        "must not import each other"], "\n".join(problems)

@@ -106,7 +106,7 @@ def _record(kind: str, row: Mapping, loc: str, columns: dict[str, str],
 
 
 def _ids(value, loc: str, where: str, vocab_size: int | None) -> np.ndarray:
-    """int32[L], a copy (as tokenize.py's records), after checking every id."""
+    """int32[T], a copy (as tokenize.py's records), after checking every id."""
     try:
         ids = np.asarray(value)
     except ValueError as e:  # ragged nesting

@@ -15,6 +15,8 @@ import numpy as np
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
+from jaxalign import io
+
 POSITIVE = ("good", "great", "happy", "bright", "kind", "calm", "warm", "fine")
 NEGATIVE = ("bad", "awful", "sad", "dark", "cruel", "angry", "cold", "poor")
 NEUTRAL = ("the", "a", "day", "cat", "house", "tree", "river", "walk", "book", "road", "sky",
@@ -55,11 +57,7 @@ def preference_rows(n: int, seed: int) -> list[dict]:
 def write_preference_jsonl(path: str, n: int, seed: int) -> str:
     """Writes the set once (atomically); later calls reuse the file."""
     if not os.path.exists(path):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path + ".tmp", "w", opener=_no_follow) as fh:
-            for row in preference_rows(n, seed):
-                fh.write(json.dumps(row) + "\n")
-        os.replace(path + ".tmp", path)
+        io.write_atomic(path, "".join(json.dumps(r) + "\n" for r in preference_rows(n, seed)))
     return path
 
 
@@ -69,8 +67,3 @@ def positive_fraction(texts) -> float:
     pos = sum(w in POSITIVE for w in words)
     neg = sum(w in NEGATIVE for w in words)
     return pos / (pos + neg) if pos + neg else 0.5
-
-
-def _no_follow(path: str, flags: int) -> int:
-    """An `open` opener that refuses a symbolic link planted at `path` (O_NOFOLLOW)."""
-    return os.open(path, flags | os.O_NOFOLLOW, 0o666)

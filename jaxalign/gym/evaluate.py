@@ -63,7 +63,8 @@ class Suite:
         self.ref_completions = self.sample(ref.params)[0]
 
     def sample(self, params, n: int | None = None, seed: int | None = None):
-        """(completions [P][n] token lists, sampler output) of `params` at temperature 1."""
+        """(completions [N][n] token lists: n per prompt; sampler output) of `params` at
+        temperature 1."""
         self.sampler.set_params(params)
         out = self.sampler(prompt_ids=self.prompts, n=n or self.cfg.samples,
                            max_new_tokens=self.cfg.max_new_tokens,

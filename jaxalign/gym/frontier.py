@@ -53,8 +53,11 @@ def train_preference(ref, train_ds, *, loss: str, loss_kwargs: dict, workdir: st
     return state.params
 
 
-def best_of_n(suite: Suite, score_fn, ns, seed: int = 77) -> list[tuple[int, list]]:
-    """[(N, completions)]: sample j of each prompt is the best (by `score_fn(prompts,
+def best_of_n_sweep(suite: Suite, score_fn, ns, seed: int = 77) -> list[tuple[int, list]]:
+    """Best-of-N of the reference over a sweep of N, for the frontier (one sampling run for all
+    N; `jaxalign.sampling.best_of_n` is the decoding method for any policy).
+
+    [(N, completions)]: sample j of each prompt is the best (by `score_fn(prompts,
     completions) -> [B]`, first on ties) of its own N candidates (the first N of max(ns))."""
     k, m = suite.cfg.samples, max(ns)
     cands, _ = suite.sample(suite.ref.params, n=k * m, seed=seed)
@@ -63,10 +66,13 @@ def best_of_n(suite: Suite, score_fn, ns, seed: int = 77) -> list[tuple[int, lis
         len(suite.prompts), k, m)
     out = []
     for n in ns:
-        best = np.argmax(scores[:, :, :n], axis=-1)  # [P, k]
+        best = np.argmax(scores[:, :, :n], axis=-1)  # [N prompts, K samples]
         out.append((n, [[cands[i][j * m + best[i, j]] for j in range(k)]
                         for i in range(len(suite.prompts))]))
     return out
+
+
+best_of_n = best_of_n_sweep  # the old name, kept for imports that use it
 
 
 def bon_kl(n: int) -> float:
@@ -89,7 +95,7 @@ def run(config) -> list[dict]:
             config.workdir, f"dpo_beta{beta}"), seed=config.seed, **config.dpo)
         rows.append(dict(method="dpo", param=f"beta={beta}", **suite.evaluate(params)))
     score = lambda p, c: tasks.score(task.reward, p, c)  # noqa: E731
-    for n, completions in best_of_n(suite, score, config.bon_ns):
+    for n, completions in best_of_n_sweep(suite, score, config.bon_ns):
         rows.append(dict(method="best_of_n", param=f"N={n}",
                          **suite.score(completions, kl=bon_kl(n))))
     for r in rows:

@@ -186,17 +186,17 @@ class Language:
         return out
 
     def logprobs(self, prompts: list[list[int]], completions: list[list[int]]) -> np.ndarray:
-        """[B, N] float64 exact log-probs of each completion token (0 after its end; N = the
+        """[B, T] float64 exact log-probs of each completion token (0 after its end; T = the
         longest completion). A token the process never emits there gets -inf."""
         p, B = parse(prompts), len(prompts)
-        N = max(len(c) for c in completions)
-        toks = np.full((B, N), PAD)
+        T = max(len(c) for c in completions)
+        toks = np.full((B, T), PAD)
         for b, c in enumerate(completions):
             toks[b, :len(c)] = c
-        out = np.zeros((B, N))
+        out = np.zeros((B, T))
         prev2, prev1 = np.full(B, -1), np.full(B, ID[":"])
         with np.errstate(divide="ignore"):
-            for pos in range(N):
+            for pos in range(T):
                 lp = np.log(self.next_probs(p, prev2, prev1, pos)[np.arange(B), toks[:, pos]])
                 live = np.array([pos < len(c) for c in completions])
                 out[:, pos] = np.where(live, lp, 0.0)

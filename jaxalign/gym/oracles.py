@@ -14,7 +14,6 @@ ignored.
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 
@@ -105,12 +104,7 @@ def preference_rows(sampler, prompts, oracle, *, pairs: int = 1, seed: int = 0,
 
 
 def write_jsonl(path: str, rows: list[dict]) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with io.open_for_write(path + ".tmp", "w") as fh:
-        for r in rows:
-            fh.write(json.dumps(r) + "\n")
-    os.replace(path + ".tmp", path)
-    return path
+    return io.write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def pair_dataset(ref, oracle, path: str, num_prompts: int, seed: int, pairs: int = 1):

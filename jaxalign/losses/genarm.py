@@ -9,21 +9,16 @@ from __future__ import annotations
 
 import jax
 
-from jaxalign.losses import _checks
-from jaxalign.losses.dpo import pair_metrics
+from jaxalign.losses.pair import PairLogps, pair_loss, pair_metrics
 
 
-def arm(*, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps=None,
-        ref_rejected_logps=None, chosen_lengths=None, rejected_lengths=None, beta, gamma=0.0):
-    """ARM pairwise loss; `policy_*` are the ARM's summed log-probs, `beta` is beta_r.
+@pair_loss("genarm.arm", scale="beta_r", old="beta")
+def arm(p: PairLogps, *, beta_r, gamma=0.0):
+    """ARM pairwise loss; `policy_*` are the ARM's summed log-probs l_r(y).
 
-    Shares the DPO-family signature (`ref_*` and lengths are ignored). Reported rewards are
-    `beta_r * l_r(y)`.
+    `beta_r` is the paper's beta_r; `beta`, the name configs use, is accepted instead (never
+    both). Shares the DPO-family signature (`ref_*` and lengths are ignored). Reported rewards
+    are `beta_r * l_r(y)`.
     """
-    _checks.check_positive("beta", beta)
-    _checks.check_same_shape(policy_chosen_logps=policy_chosen_logps,
-                             policy_rejected_logps=policy_rejected_logps)
-    l_w = _checks.at_least_f32(policy_chosen_logps)
-    l_l = _checks.at_least_f32(policy_rejected_logps)
-    loss = jax.nn.softplus(-(beta * (l_w - l_l) - gamma))  # GenARM ARM training objective
-    return loss, pair_metrics(beta * l_w, beta * l_l)
+    loss = jax.nn.softplus(-(beta_r * (p.l_w - p.l_l) - gamma))  # GenARM ARM training objective
+    return loss, pair_metrics(beta_r * p.l_w, beta_r * p.l_l)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import types
 from typing import Callable
 
-from jaxalign.losses import cgpo, dpo, genarm, rest, sppo
+from jaxalign.losses import cgpo, dpo, genarm, pairwise, rest, sppo
 
 _LOSSES: types.MappingProxyType[str, Callable] = types.MappingProxyType({
     "dpo.sigmoid": dpo.sigmoid,
@@ -21,6 +21,13 @@ _LOSSES: types.MappingProxyType[str, Callable] = types.MappingProxyType({
     "dpo.simpo": dpo.simpo,
     "dpo.orpo": dpo.orpo,
     "dpo.reference_free": dpo.reference_free,
+    "dpo.nca_pair": pairwise.nca_pair,
+    "dpo.bco_pair": pairwise.bco_pair,
+    "dpo.exo_pair": pairwise.exo_pair,
+    "dpo.apo_zero": pairwise.apo_zero,
+    "dpo.apo_down": pairwise.apo_down,
+    "dpo.sigmoid_norm": pairwise.sigmoid_norm,
+    "dpo.discopop": pairwise.discopop,
     "sppo.sppo": sppo.sppo,
     "sppo.single": sppo.sppo_single,
     "sppo.hard": sppo.sppo_hard,

@@ -17,20 +17,20 @@ from jaxalign.losses import _checks
 def source_percentile_thresholds(
     *, rewards_N: Float[Array, "N"], source_ids_N: Int[Array, "N"], num_sources: int,
     percentile: float, mask_N: Bool[Array, "N"] | None = None,
-) -> Float[Array, "S"]:
+) -> Float[Array, "num_sources"]:
     """Each source's `percentile` (0-100, linear interpolation as numpy) of its own rewards.
 
-    `num_sources` is static (S). A source with no (valid) example gets threshold +inf.
+    `num_sources` is static. A source with no (valid) example gets threshold +inf.
     """
     _checks.check_in_range("percentile", percentile, 0.0, 100.0, closed=True)
     _checks.check_positive("num_sources", num_sources)
     _checks.check_rank("rewards_N", rewards_N, 1)
     _checks.check_same_shape(rewards_N=rewards_N, source_ids_N=source_ids_N, mask_N=mask_N)
     valid_N = jnp.ones(rewards_N.shape, bool) if mask_N is None else jnp.asarray(mask_N, bool)
-    in_source_SxN = (jnp.arange(num_sources)[:, None] == source_ids_N[None, :]) & valid_N
-    values_SxN = jnp.where(in_source_SxN, _checks.at_least_f32(rewards_N), jnp.nan)
-    thresholds_S = jnp.nanpercentile(values_SxN, percentile, axis=-1)
-    return jax.lax.stop_gradient(jnp.where(in_source_SxN.any(-1), thresholds_S, jnp.inf))
+    in_source = (jnp.arange(num_sources)[:, None] == source_ids_N[None, :]) & valid_N
+    values = jnp.where(in_source, _checks.at_least_f32(rewards_N), jnp.nan)  # [sources, N]
+    thresholds = jnp.nanpercentile(values, percentile, axis=-1)  # [num_sources]
+    return jax.lax.stop_gradient(jnp.where(in_source.any(-1), thresholds, jnp.inf))
 
 
 def thresholded_nll(*, policy_logps, rewards, threshold=None, source_ids=None, percentile=None,
@@ -56,10 +56,10 @@ def thresholded_nll(*, policy_logps, rewards, threshold=None, source_ids=None, p
     rewards = _checks.at_least_f32(rewards)
     valid = jnp.ones(rewards.shape, bool) if mask is None else jnp.asarray(mask, bool)
     if threshold is None:
-        thresholds_S = source_percentile_thresholds(
+        thresholds = source_percentile_thresholds(
             rewards_N=rewards, source_ids_N=source_ids, num_sources=num_sources,
             percentile=percentile, mask_N=valid)
-        tau = thresholds_S[source_ids]
+        tau = thresholds[source_ids]
     else:
         tau = jnp.broadcast_to(_checks.at_least_f32(threshold), rewards.shape)
     kept = valid & (rewards > tau)  # ReST improve step: 1{R(x, y) > tau}

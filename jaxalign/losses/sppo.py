@@ -1,19 +1,22 @@
 """SPPO: Self-Play Preference Optimization (Wu et al. 2024, arXiv 2405.00675; uclaml/SPPO).
 
 Losses regress the log-ratio r(y) = l_theta(y) - l_ref(y) (summed log-probs; the reference is
-the previous iterate pi_t) onto a target set by a win rate, with eta = 1/beta:
+the previous iterate pi_t) onto a target set by a win rate, scaled by the paper's eta:
 
   sppo:        1/2 [(r_w - eta (P_w - 1/2))^2 + (r_l - eta (P_l - 1/2))^2]
                P_w, P_l = win rates of y_w, y_l against all K samples of pi_t (diagonal 1/2).
   sppo_single: 1/2 [(r_w - eta (P - 1/2))^2 + (r_l + eta (P - 1/2))^2],  P = P(y_w > y_l).
   sppo_hard:   (r_w - eta/2)^2 + (r_l + eta/2)^2  (TRL's `sppo_hard`: hard labels P_w=1, P_l=0).
 
-All three share the DPO-family signature plus the win-rate inputs (ignored by those that do
-not use them), return `(per_example_loss [B], metrics)` with the DPO-family reward metrics
-(`beta * r`), and compute in float32: with the official eta = 1000 the loss starts ~1e5.
+eta is given as `eta` (the paper's symbol; official 1000) or, as configs and TRL do, as
+`beta` = 1/eta (official 0.001); giving both is a ValueError. All three share the DPO-family
+signature plus the win-rate inputs (ignored by those that do not use them), return
+`(per_example_loss [B], metrics)` with the DPO-family reward metrics (`r / eta` = `beta * r`),
+and compute in float32: with eta = 1000 the loss starts ~1e5.
 
 `win_rates_from_scores` / `win_rates_from_matrix` build (y_w, y_l, P_w, P_l, P(y_w > y_l)) from
-K candidates per prompt exactly as the official `scripts/compute_prob.py` does.
+K candidates per prompt exactly as the official `scripts/compute_prob.py` does;
+`bt_preference_matrix` is the K x K matrix sigma(s_i - s_j) of the first.
 """
 
 from __future__ import annotations
@@ -25,59 +28,45 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from jaxalign.losses import _checks
-from jaxalign.losses.dpo import pair_metrics
+from jaxalign.losses.pair import REF, PairLogps, pair_loss, pair_metrics
+
+WIN_RATES = ("chosen_win_rate", "rejected_win_rate", "pair_win_rate")
 
 
-def _log_ratios(name, beta, **arrays):
-    _checks.check_positive("beta", beta)
-    _checks.check_required(name, **arrays)
-    _checks.check_same_shape(**arrays)
-    a = {k: _checks.at_least_f32(v) for k, v in arrays.items()}
-    r_w = a["policy_chosen_logps"] - a["ref_chosen_logps"]
-    r_l = a["policy_rejected_logps"] - a["ref_rejected_logps"]
-    return r_w, r_l, a
+def _eta(beta):
+    return 1.0 / beta  # SPPO: eta = 1/beta
 
 
-def sppo(*, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-         chosen_win_rate, rejected_win_rate, pair_win_rate=None, chosen_lengths=None,
-         rejected_lengths=None, beta):
+def _sppo_loss(name, arrays):
+    """`pair_loss` for SPPO: eta, or beta = 1/eta; accepts every win-rate input."""
+    return pair_loss(name, uses=REF, arrays=arrays,
+                     ignores=tuple(k for k in WIN_RATES if k not in arrays),
+                     scale="eta", old="beta", from_old=_eta)
+
+
+@_sppo_loss("sppo.sppo", arrays=("chosen_win_rate", "rejected_win_rate"))
+def sppo(p: PairLogps, *, chosen_win_rate, rejected_win_rate, eta):
     """SPPO with per-sample win rates P_w = `chosen_win_rate`, P_l = `rejected_win_rate` [B]."""
-    r_w, r_l, a = _log_ratios(
-        "sppo.sppo", beta, policy_chosen_logps=policy_chosen_logps,
-        policy_rejected_logps=policy_rejected_logps, ref_chosen_logps=ref_chosen_logps,
-        ref_rejected_logps=ref_rejected_logps, chosen_win_rate=chosen_win_rate,
-        rejected_win_rate=rejected_win_rate)
-    eta = 1.0 / beta
-    loss_w = jnp.square(r_w - eta * (a["chosen_win_rate"] - 0.5))  # SPPO eq. (3.6)
-    loss_l = jnp.square(r_l - eta * (a["rejected_win_rate"] - 0.5))  # SPPO eq. (3.6)
-    return 0.5 * (loss_w + loss_l), pair_metrics(beta * r_w, beta * r_l)
+    loss_w = jnp.square(p.r_w - eta * (chosen_win_rate - 0.5))  # SPPO eq. (3.6)
+    loss_l = jnp.square(p.r_l - eta * (rejected_win_rate - 0.5))  # SPPO eq. (3.6)
+    return 0.5 * (loss_w + loss_l), pair_metrics(p.r_w * (1 / eta), p.r_l * (1 / eta))
 
 
-def sppo_single(*, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
-                ref_rejected_logps, pair_win_rate, chosen_win_rate=None, rejected_win_rate=None,
-                chosen_lengths=None, rejected_lengths=None, beta):
+@_sppo_loss("sppo.single", arrays=("pair_win_rate",))
+def sppo_single(p: PairLogps, *, pair_win_rate, eta):
     """SPPO with the pairwise P = P(y_w > y_l) = `pair_win_rate` [B]: targets +-eta (P - 1/2)."""
-    r_w, r_l, a = _log_ratios(
-        "sppo.single", beta, policy_chosen_logps=policy_chosen_logps,
-        policy_rejected_logps=policy_rejected_logps, ref_chosen_logps=ref_chosen_logps,
-        ref_rejected_logps=ref_rejected_logps, pair_win_rate=pair_win_rate)
-    target = (1.0 / beta) * (a["pair_win_rate"] - 0.5)
-    loss = 0.5 * (jnp.square(r_w - target) + jnp.square(r_l + target))  # uclaml `sppo_single`
-    return loss, pair_metrics(beta * r_w, beta * r_l)
+    target = eta * (pair_win_rate - 0.5)
+    # uclaml/SPPO `sppo_single`: SPPO eq. (3.6) with P_w = P, P_l = 1 - P
+    loss = 0.5 * (jnp.square(p.r_w - target) + jnp.square(p.r_l + target))
+    return loss, pair_metrics(p.r_w * (1 / eta), p.r_l * (1 / eta))
 
 
-def sppo_hard(*, policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
-              ref_rejected_logps, chosen_win_rate=None, rejected_win_rate=None,
-              pair_win_rate=None, chosen_lengths=None, rejected_lengths=None, beta):
-    """TRL's `sppo_hard`: `(r_w - 1/(2 beta))^2 + (r_l + 1/(2 beta))^2` (no 1/2 factor)."""
-    r_w, r_l, _ = _log_ratios(
-        "sppo.hard", beta, policy_chosen_logps=policy_chosen_logps,
-        policy_rejected_logps=policy_rejected_logps, ref_chosen_logps=ref_chosen_logps,
-        ref_rejected_logps=ref_rejected_logps)
-    half_eta = 0.5 / beta
+@_sppo_loss("sppo.hard", arrays=())
+def sppo_hard(p: PairLogps, *, eta):
+    """TRL's `sppo_hard`: `(r_w - eta/2)^2 + (r_l + eta/2)^2` (no 1/2 factor), eta = 1/beta."""
     # TRL `sppo_hard`: SPPO eq. (3.6) with P_w = 1, P_l = 0, without the 1/2.
-    loss = jnp.square(r_w - half_eta) + jnp.square(r_l + half_eta)
-    return loss, pair_metrics(beta * r_w, beta * r_l)
+    loss = jnp.square(p.r_w - 0.5 * eta) + jnp.square(p.r_l + 0.5 * eta)
+    return loss, pair_metrics(p.r_w * (1 / eta), p.r_l * (1 / eta))
 
 
 class WinRates(NamedTuple):
@@ -104,13 +93,18 @@ def _select(prefs_NxKxK, rank_by_NxK):
 def win_rates_from_scores(*, scores_NxK: Float[Array, "N K"]) -> WinRates:
     """Bradley-Terry link on preference-model scores (PairRM in the official code).
 
-    P[i, j] = sigma(s_i - s_j) (so P[i, i] = 1/2), y_w = argmax s, y_l = argmin s (first index
-    on ties). One prompt per row; float32.
+    P = `bt_preference_matrix(scores_NxK)`, y_w = argmax s, y_l = argmin s (first index on
+    ties). One prompt per row; float32.
     """
+    return _select(bt_preference_matrix(scores_NxK), _checks.at_least_f32(scores_NxK))
+
+
+def bt_preference_matrix(scores_NxK: Float[Array, "N K"]) -> Float[Array, "N K K"]:
+    """P[n, i, j] = sigma(s_i - s_j) (Bradley-Terry link, as SPPO's PairRM scores); P_ii = 1/2."""
     _checks.check_rank("scores_NxK", scores_NxK, 2)
-    s_NxK = _checks.at_least_f32(scores_NxK)
-    prefs_NxKxK = jax.nn.sigmoid(s_NxK[:, :, None] - s_NxK[:, None, :])
-    return _select(prefs_NxKxK, s_NxK)
+    s = _checks.at_least_f32(scores_NxK)
+    P = jax.nn.sigmoid(s[:, :, None] - s[:, None, :])  # SPPO: P(y_i > y_j) = sigma(s_i - s_j)
+    return jnp.where(jnp.eye(s.shape[-1], dtype=bool), 0.5, P)
 
 
 def win_rates_from_matrix(*, preferences_NxKxK: Float[Array, "N K K"]) -> WinRates:

@@ -17,12 +17,13 @@ import re
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, SingleDeviceSharding
+from jax.sharding import Mesh
 
 from jaxalign import io
 from jaxalign import sharding as shd
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.hf_config import config_from_hf, config_to_hf, read_hf_config
+from jaxalign.models.paths import flatten_paths, unflatten_paths
 from jaxalign.models.safetensors_io import (FLOAT_DTYPES, CheckpointError, CheckpointTensors,
                                             write_safetensors)
 from jaxalign.models.transformer import param_logical_axes, param_shapes
@@ -81,25 +82,9 @@ def _gpt2_source(path: tuple[str, ...], d: int, prefix: str) -> Source:
     return Source(f"{prefix}h.{{i}}.{module}.{name}.{kind}")  # Conv1D: already [in, out]
 
 
-def _flat(tree) -> dict[tuple[str, ...], object]:
-    is_names = lambda x: isinstance(x, tuple)  # noqa: E731  (logical-axis trees)
-    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_names)[0]
-    return {tuple(k.key for k in path): leaf for path, leaf in leaves}
-
-
-def _unflat(flat: dict) -> dict:
-    out: dict = {}
-    for path, leaf in flat.items():
-        node = out
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = leaf
-    return out
-
-
 def tensor_sources(cfg: ModelConfig, gpt2_prefix: str = "transformer.") -> dict:
     """{our leaf path: Source} for every parameter of `cfg`."""
-    paths = _flat(param_shapes(cfg))
+    paths = flatten_paths(param_shapes(cfg))
     if cfg.is_gpt2:
         return {p: _gpt2_source(p, cfg.hidden_size, gpt2_prefix) for p in paths}
     return {p: _llama_source(p) for p in paths}
@@ -130,8 +115,9 @@ def load_params(directory: str, cfg: ModelConfig, *, mesh: Mesh | None = None,
     ckpt = CheckpointTensors(directory)
     prefix = "" if "wte.weight" in ckpt else "transformer."
     sources = tensor_sources(cfg, prefix)
-    shapes = _flat(param_shapes(cfg))
-    logical = _flat(param_logical_axes(cfg))
+    shape_tree = param_shapes(cfg)
+    shapes = flatten_paths(shape_tree)
+    shardings = flatten_paths(shd.tree_shardings(param_logical_axes(cfg), shape_tree, mesh, rules))
     used = set()
     for path, src in sources.items():  # validate everything before reading anything
         stacked = path[0] == "layers"
@@ -157,14 +143,9 @@ def load_params(directory: str, cfg: ModelConfig, *, mesh: Mesh | None = None,
             return np.stack([np.asarray(src.view(ckpt[names[i]])[index[1:]], dtype=dtype)
                              for i in layers])
 
-        if mesh is None:
-            sharding = SingleDeviceSharding(jax.devices()[0])
-        else:
-            spec = shd.logical_to_spec(logical[path], leaf.shape, mesh, rules)
-            sharding = jax.sharding.NamedSharding(mesh, spec)
-        return jax.make_array_from_callback(leaf.shape, sharding, read)
+        return jax.make_array_from_callback(leaf.shape, shardings[path], read)
 
-    return _unflat({path: build(path) for path in sources})
+    return unflatten_paths({path: build(path) for path in sources})
 
 
 def load_hf(directory: str, *, mesh: Mesh | None = None, strict: bool = True, **overrides):
@@ -189,7 +170,7 @@ def save_hf(directory: str, cfg: ModelConfig, params, *, dtype: str | None = Non
             max_shard_bytes: int = 5 * 2**30) -> None:
     """Write config.json and safetensors (sharded with an index past `max_shard_bytes`)."""
     os.makedirs(directory, exist_ok=True)
-    flat = _flat(params)
+    flat = flatten_paths(params)
     dtype = np.dtype(dtype or next(iter(flat.values())).dtype)
     groups: dict[str, list] = {}  # hf name -> [(source, leaf, layer)]
     for path, src in tensor_sources(cfg).items():
@@ -232,6 +213,4 @@ def save_hf(directory: str, cfg: ModelConfig, params, *, dtype: str | None = Non
 
 
 def _write_json(path: str, obj) -> None:
-    with io.open_for_write(path + ".tmp", "w") as fh:
-        json.dump(obj, fh, indent=2)
-    os.replace(path + ".tmp", path)
+    io.write_atomic(path, json.dumps(obj, indent=2))

@@ -37,18 +37,19 @@ def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
 
 
 def rope_sin_cos(cfg: ModelConfig, positions_BxT):
-    angles_BxTxF = positions_BxT[..., None].astype(jnp.float32) * rope_inv_freq(cfg)
-    angles_BxTxH = jnp.concatenate([angles_BxTxF, angles_BxTxF], axis=-1)
+    half = positions_BxT[..., None].astype(jnp.float32) * rope_inv_freq(cfg)  # [B, T, H / 2]
+    angles_BxTxH = jnp.concatenate([half, half], axis=-1)
     return jnp.sin(angles_BxTxH), jnp.cos(angles_BxTxH)
 
 
-def apply_rope(x_BxTxNxH, sin_BxTxH, cos_BxTxH):
-    """Hugging Face's rotate-half convention."""
-    x = x_BxTxNxH.astype(jnp.float32)
+def apply_rope(heads, sin_BxTxH, cos_BxTxH):
+    """Hugging Face's rotate-half convention on `heads`: queries [B, T, Q, H] or keys
+    [B, T, M, H]."""
+    x = heads.astype(jnp.float32)
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     out = x * cos_BxTxH[:, :, None, :] + rotated * sin_BxTxH[:, :, None, :]
-    return out.astype(x_BxTxNxH.dtype)
+    return out.astype(heads.dtype)
 
 
 def _dense(cfg: ModelConfig, features: int, axes, use_bias: bool, name: str):
@@ -95,41 +96,42 @@ def make_norm(cfg: ModelConfig, name: str) -> nn.Module:
     return LayerNorm(cfg, name=name) if cfg.is_gpt2 else RMSNorm(cfg, name=name)
 
 
-def decode_attention(q_Bx1xNxH, k_BxKxHxS, v_BxKxSxH, mask_Bx1x1xS):
+def decode_attention(q_Bx1xQxH, k_BxMxHxS, v_BxMxSxH, mask_Bx1x1xS):
     """Grouped-query attention of one new token over a layer's cache (`KVCache` layout):
-    `jax.nn.dot_product_attention` with T = 1, [B, 1, N, H] out.
+    `jax.nn.dot_product_attention` with T = 1, [B, 1, Q, H] out.
 
-    The queries of a KV head are grouped ([B, K, G, H]) and both products are plain batched
-    matmuls over the cache as it lies: keys [B, K, H, S], values [B, K, S, H]. Measured on 2 CPU
-    cores (batch 32, 159 slots, 12 layers of 4 KV heads x 3 queries x 64): 10 ms per step,
-    against 27 ms for the same products on a [B, S, K, H] cache (which XLA transposes first)
-    and 50 ms for `jax.nn.dot_product_attention` (one [1, H] x [H, S] product per query head).
+    The E = Q / M queries of each KV head are grouped ([B, M, E, H]) and both products are
+    plain batched matmuls over the cache as it lies: keys [B, M, H, S], values [B, M, S, H].
+    Measured on 2 CPU cores (batch 32, 159 slots, 12 layers of 4 KV heads x 3 queries x 64):
+    10 ms per step, against 27 ms for the same products on a [B, S, M, H] cache (which XLA
+    transposes first) and 50 ms for `jax.nn.dot_product_attention` (one [1, H] x [H, S]
+    product per query head).
     """
-    B, _, N, H = q_Bx1xNxH.shape
-    K = k_BxKxHxS.shape[1]
-    q_BxKxGxH = q_Bx1xNxH.reshape(B, K, N // K, H)
-    s_BxKxGxS = jnp.einsum("bkgh,bkhs->bkgs", q_BxKxGxH, k_BxKxHxS,
+    B, _, Q, H = q_Bx1xQxH.shape
+    M = k_BxMxHxS.shape[1]
+    q_BxMxExH = q_Bx1xQxH.reshape(B, M, Q // M, H)
+    s_BxMxExS = jnp.einsum("bmeh,bmhs->bmes", q_BxMxExH, k_BxMxHxS,
                            preferred_element_type=jnp.float32) * (H ** -0.5)
-    s_BxKxGxS = jnp.where(mask_Bx1x1xS[:, :, :1], s_BxKxGxS, -jnp.inf)  # own slot always valid
-    p_BxKxGxS = jax.nn.softmax(s_BxKxGxS, axis=-1).astype(v_BxKxSxH.dtype)
-    out_BxKxGxH = jnp.einsum("bkgs,bksh->bkgh", p_BxKxGxS, v_BxKxSxH,
+    s_BxMxExS = jnp.where(mask_Bx1x1xS[:, :, :1], s_BxMxExS, -jnp.inf)  # own slot always valid
+    p_BxMxExS = jax.nn.softmax(s_BxMxExS, axis=-1).astype(v_BxMxSxH.dtype)
+    out_BxMxExH = jnp.einsum("bmes,bmsh->bmeh", p_BxMxExS, v_BxMxSxH,
                              preferred_element_type=jnp.float32)
-    return out_BxKxGxH.reshape(B, 1, N, H).astype(q_Bx1xNxH.dtype)
+    return out_BxMxExH.reshape(B, 1, Q, H).astype(q_Bx1xQxH.dtype)
 
 
-def write_cache(ck, cv, layer, k_BxTxKxH, v_BxTxKxH, write_index):
+def write_cache(ck, cv, layer, k_BxTxMxH, v_BxTxMxH, write_index):
     """Writes T new keys and values at slots [write_index, write_index + T) of layer `layer` of
-    stacked buffers (k [L, B, K, H, S], v [L, B, K, S, H]), or of one layer's own buffers when
-    `layer` is None (k [B, K, H, S], v [B, K, S, H]), in place. Returns the updated buffers and
+    stacked buffers (k [L, B, M, H, S], v [L, B, M, S, H]), or of one layer's own buffers when
+    `layer` is None (k [B, M, H, S], v [B, M, S, H]), in place. Returns the updated buffers and
     the layer's keys and values, as the `KVCache` lays them out."""
-    k_BxKxHxT = jnp.transpose(k_BxTxKxH, (0, 2, 3, 1)).astype(ck.dtype)
-    v_BxKxTxH = jnp.transpose(v_BxTxKxH, (0, 2, 1, 3)).astype(cv.dtype)
+    k_BxMxHxT = jnp.transpose(k_BxTxMxH, (0, 2, 3, 1)).astype(ck.dtype)
+    v_BxMxTxH = jnp.transpose(v_BxTxMxH, (0, 2, 1, 3)).astype(cv.dtype)
     if layer is None:
-        ck = jax.lax.dynamic_update_slice(ck, k_BxKxHxT, (0, 0, 0, write_index))
-        cv = jax.lax.dynamic_update_slice(cv, v_BxKxTxH, (0, 0, write_index, 0))
+        ck = jax.lax.dynamic_update_slice(ck, k_BxMxHxT, (0, 0, 0, write_index))
+        cv = jax.lax.dynamic_update_slice(cv, v_BxMxTxH, (0, 0, write_index, 0))
         return ck, cv, ck, cv
-    ck = jax.lax.dynamic_update_slice(ck, k_BxKxHxT[None], (layer, 0, 0, 0, write_index))
-    cv = jax.lax.dynamic_update_slice(cv, v_BxKxTxH[None], (layer, 0, 0, write_index, 0))
+    ck = jax.lax.dynamic_update_slice(ck, k_BxMxHxT[None], (layer, 0, 0, 0, write_index))
+    cv = jax.lax.dynamic_update_slice(cv, v_BxMxTxH[None], (layer, 0, 0, write_index, 0))
     return ck, cv, ck[layer], cv[layer]
 
 
@@ -150,11 +152,11 @@ class Attention(nn.Module):
     def __call__(self, x_BxTxD, sin_cos, mask_Bx1xTxS, kv_cache, write_index):
         cfg = self.cfg
         B, T, _ = x_BxTxD.shape
-        N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head
+        Q, M, H = cfg.num_heads, cfg.num_kv_heads, cfg.dim_per_head
         bias = cfg.qkv_bias or cfg.is_gpt2
-        q = _dense(cfg, N * H, ("embed", "heads"), bias, "q")(x_BxTxD).reshape(B, T, N, H)
-        k = _dense(cfg, K * H, ("embed", "kv"), bias, "k")(x_BxTxD).reshape(B, T, K, H)
-        v = _dense(cfg, K * H, ("embed", "kv"), bias, "v")(x_BxTxD).reshape(B, T, K, H)
+        q = _dense(cfg, Q * H, ("embed", "heads"), bias, "q")(x_BxTxD).reshape(B, T, Q, H)
+        k = _dense(cfg, M * H, ("embed", "kv"), bias, "k")(x_BxTxD).reshape(B, T, M, H)
+        v = _dense(cfg, M * H, ("embed", "kv"), bias, "v")(x_BxTxD).reshape(B, T, M, H)
         if sin_cos is not None:
             q, k = apply_rope(q, *sin_cos), apply_rope(k, *sin_cos)
         attend = lambda k, v: jax.nn.dot_product_attention(
@@ -163,16 +165,16 @@ class Attention(nn.Module):
         if kv_cache is None:
             out = attend(k, v)
         else:
-            ck, cv, k_BxKxHxS, v_BxKxSxH = write_cache(*kv_cache, k, v, write_index)
+            ck, cv, k_BxMxHxS, v_BxMxSxH = write_cache(*kv_cache, k, v, write_index)
             kv_cache = (ck, cv)
             if T == 1 and cfg.attention_impl is None:
-                out = decode_attention(q, k_BxKxHxS.astype(q.dtype), v_BxKxSxH.astype(q.dtype),
+                out = decode_attention(q, k_BxMxHxS.astype(q.dtype), v_BxMxSxH.astype(q.dtype),
                                        mask_Bx1xTxS)
-            else:  # the general kernel takes [B, S, K, H]: a copy, amortised over T tokens
-                out = attend(jnp.transpose(k_BxKxHxS, (0, 3, 1, 2)),
-                             jnp.transpose(v_BxKxSxH, (0, 2, 1, 3)))
+            else:  # the general kernel takes [B, S, M, H]: a copy, amortised over T tokens
+                out = attend(jnp.transpose(k_BxMxHxS, (0, 3, 1, 2)),
+                             jnp.transpose(v_BxMxSxH, (0, 2, 1, 3)))
         out = _dense(cfg, cfg.hidden_size, ("heads", "embed"), cfg.o_bias or cfg.is_gpt2, "o")(
-            out.reshape(B, T, N * H))
+            out.reshape(B, T, Q * H))
         return out, kv_cache
 
 

@@ -226,7 +226,8 @@ def write_safetensors(path: str, tensors: Iterable[tuple[str, tuple, np.dtype,
                       metadata: Mapping[str, str] | None = None) -> None:
     """Write (name, shape, dtype, produce) entries; each array is produced only when written.
 
-    Written to `path + ".tmp"` and renamed, so a crash never leaves a half-written file.
+    Written with `io.atomic_writer` (temp file, fsync, rename), so a crash never leaves a
+    half-written file.
     """
     tensors = list(tensors)
     header, offset = {}, 0
@@ -238,8 +239,7 @@ def write_safetensors(path: str, tensors: Iterable[tuple[str, tuple, np.dtype,
     header["__metadata__"] = dict(metadata or {"format": "pt"})
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    tmp = path + ".tmp"
-    with io.open_for_write(tmp, "wb") as fh:
+    with io.atomic_writer(path, "wb") as fh:
         fh.write(struct.pack("<Q", len(blob)))
         fh.write(blob)
         for name, shape, dtype, produce in tensors:
@@ -247,4 +247,3 @@ def write_safetensors(path: str, tensors: Iterable[tuple[str, tuple, np.dtype,
             if arr.shape != tuple(shape):
                 raise ValueError(f"{path}: tensor {name!r} produced {arr.shape}, declared {shape}")
             fh.write(arr.tobytes())
-    os.replace(tmp, path)

@@ -1,4 +1,5 @@
-"""Parameter counts and per-device bytes of a config under a mesh, without allocating anything."""
+"""A config's parameters under a mesh: their count, shardings and per-device bytes (without
+allocating anything), and `place_params`, which puts a parameter tree on the mesh."""
 
 from __future__ import annotations
 
@@ -18,6 +19,14 @@ def param_count(cfg: ModelConfig) -> int:
 
 def param_shardings(cfg: ModelConfig, mesh: Mesh, rules=shd.LOGICAL_RULES):
     return shd.tree_shardings(param_logical_axes(cfg), param_shapes(cfg), mesh, rules)
+
+
+def place_params(params, model_cfg: ModelConfig, mesh: Mesh | None, logical_axes=None):
+    """`params` (numpy or jax arrays) on `mesh` with the shardings of the model's logical axes,
+    or of `logical_axes` when given (LoRA adapters, a reward model); the first device without a
+    mesh. `jaxalign.sharding.place` with a model's logical axes (trainer, runners)."""
+    axes = param_logical_axes(model_cfg) if logical_axes is None else logical_axes
+    return shd.place(params, axes, mesh)
 
 
 def param_bytes_per_device(cfg: ModelConfig, mesh: Mesh | None = None,

@@ -20,7 +20,7 @@ Candidate scoring (ARGS-style search): with `candidates=True` the T tokens are a
 the same next position, scored in one call without copying the cache, and the chosen one is
 kept with `commit_candidate` (a per-row copy of its keys and values, no second forward):
 
-    _, cache, hidden_BxKxD = model.apply(v, cand_BxK, pos_BxK, live_BxK, cache, candidates=True)
+    _, cache, hidden_BxAxD = model.apply(v, cand_BxA, pos_BxA, live_BxA, cache, candidates=True)
     cache = commit_candidate(cache, choice_B, live_B)  # == a normal step on the chosen tokens
 """
 
@@ -42,8 +42,10 @@ class KVCache:
     """Keys slot-minor, values head-major, so that a one-token step's two attention products
     read each layer's cache as it lies (batch dims leading, no transposed copy):
 
-      stacked:    k [L, B, K, H, S], v [L, B, K, S, H]
-      per layer:  k, v tuples of L arrays [B, K, H, S] and [B, K, S, H] (the decode layout)
+      stacked:    k [L, B, M, H, S], v [L, B, M, S, H]
+      per layer:  k, v tuples of L arrays [B, M, H, S] and [B, M, S, H] (the decode layout)
+
+    (M KV heads of H dims, S slots: the README's glossary of dimension letters.)
     """
 
     k: jax.Array | tuple
@@ -69,14 +71,14 @@ class KVCache:
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None,
                per_layer: bool = False) -> KVCache:
     """An empty cache of `max_len` slots; per_layer: the decode layout (see the module doc)."""
-    K, H, L = cfg.num_kv_heads, cfg.dim_per_head, cfg.num_layers
+    M, H, L = cfg.num_kv_heads, cfg.dim_per_head, cfg.num_layers
     dtype = dtype or cfg.jnp_dtype
     if per_layer:
-        k = tuple(jnp.zeros((batch, K, H, max_len), dtype) for _ in range(L))
-        v = tuple(jnp.zeros((batch, K, max_len, H), dtype) for _ in range(L))
+        k = tuple(jnp.zeros((batch, M, H, max_len), dtype) for _ in range(L))
+        v = tuple(jnp.zeros((batch, M, max_len, H), dtype) for _ in range(L))
     else:
-        k = jnp.zeros((L, batch, K, H, max_len), dtype)
-        v = jnp.zeros((L, batch, K, max_len, H), dtype)
+        k = jnp.zeros((L, batch, M, H, max_len), dtype)
+        v = jnp.zeros((L, batch, M, max_len, H), dtype)
     return KVCache(k, v, jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32))
 
 

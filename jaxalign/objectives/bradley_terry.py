@@ -6,8 +6,8 @@
 
 The objective scores chosen and rejected in one forward pass of the reward model
 (`jaxalign.reward.reward_scores`: each sequence is prompt + completion, read at its last real
-token) and minimises `-log sigma(r_w - r_l - m)` (Bradley-Terry; m = 0, or a constant /
-per-pair margin as in Llama 2's reward models); `eval/reward_accuracy` is the held-out pairwise
+token) and minimises `-log sigma(r_w - r_l - m)` (`jaxalign.losses.bradley_terry_loss`; m = 0,
+or a constant / per-pair margin as in Llama 2's reward models); `eval/reward_accuracy` is the held-out pairwise
 accuracy (ties count 1/2, as every pairwise loss of `jaxalign.losses` reports it).
 """
 
@@ -18,25 +18,12 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
 
-from jaxalign.losses import _checks
-from jaxalign.losses.dpo import pair_metrics
+from jaxalign.losses import bradley_terry_loss  # the loss; re-exported here for old imports
 from jaxalign.objectives.columns import reads
 from jaxalign.reward.model import reward_scores
 
-
-def bradley_terry_loss(*, chosen_rewards: Float[Array, "B"], rejected_rewards: Float[Array, "B"],
-                       margin: Float[Array, "B"] | float = 0.0):
-    """`(-log sigma(r_w - r_l - m) [B], metrics)`, float32; metrics as `pair_metrics`.
-
-    `margin` m: a scalar or [B] (a larger m asks for a larger gap; Llama 2 eq. (2)).
-    """
-    _checks.check_same_shape(chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards)
-    r_w = _checks.at_least_f32(chosen_rewards)
-    r_l = _checks.at_least_f32(rejected_rewards)
-    z = r_w - r_l - _checks.at_least_f32(margin)
-    return jax.nn.softplus(-z), pair_metrics(r_w, r_l)  # -log sigma(z), Bradley-Terry
+__all__ = ["bradley_terry_loss", "bradley_terry_objective", "pairwise_accuracy"]
 
 
 def bradley_terry_objective(cfg, *, margin: float = 0.0):

@@ -2,7 +2,7 @@
 objectives (`jaxalign.objectives.bradley_terry` trains `model.py`) and loops above use them).
 
 arm.py         GenARM's autoregressive reward model (a causal LM; token log-probs as rewards)
-args.py        ARGS decoding with the scalar reward model (`ArgsSampler`, a GenARM baseline)
+args.py        ARGS with the scalar reward model (`ArgsSampler`: a Sampler, a GenARM baseline)
 model.py       the scalar reward model: decoder + `score` head at the last real token
 hf.py          HF `*ForSequenceClassification` import/export (Llama, Mistral, Qwen2, GPT-2)
 batched.py     a jitted forward over many sequences: length buckets, sharded over the mesh

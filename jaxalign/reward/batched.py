@@ -26,13 +26,7 @@ from jaxalign.data import pick_bucket
 
 def place(params, mesh: Mesh | None, logical_axes=None):
     """`params` on `mesh` by `logical_axes` (replicated where None); unchanged without a mesh."""
-    if mesh is None:
-        return params
-    if logical_axes is None:
-        rep = NamedSharding(mesh, P())
-        return jax.tree.map(lambda x: jax.device_put(x, rep), params)
-    shardings = shd.tree_shardings(logical_axes, params, mesh)
-    return jax.tree.map(jax.device_put, params, shardings)
+    return params if mesh is None else shd.place(params, logical_axes, mesh)
 
 
 class BatchedForward:

@@ -18,7 +18,7 @@ import re
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from jaxalign import io
 from jaxalign import sharding as shd
@@ -88,11 +88,7 @@ def load_reward_hf(directory: str, *, mesh: Mesh | None = None, rules=shd.LOGICA
     check_tensor(ckpt, SCORE, (1, cfg.hidden_size), "the reward head")
     backbone = load_params(directory, backbone_config(cfg), mesh=mesh, rules=rules, strict=False)
     kernel = np.asarray(ckpt[SCORE], dtype=cfg.jnp_param_dtype).T  # torch Linear: [out, in]
-    if mesh is None:
-        kernel = jax.device_put(kernel)
-    else:
-        spec = shd.logical_to_spec(SCORE_AXES["kernel"], kernel.shape, mesh, rules)
-        kernel = jax.device_put(kernel, NamedSharding(mesh, spec))
+    kernel = shd.place(kernel, SCORE_AXES["kernel"], mesh, rules)
     return cfg, {"model": backbone, "score": {"kernel": kernel}}
 
 
@@ -141,6 +137,4 @@ def save_reward_hf(directory: str, cfg, params, *, dtype: str | None = None,
 
 
 def _write_json(path: str, obj) -> None:
-    with io.open_for_write(path + ".tmp", "w") as fh:
-        json.dump(obj, fh, indent=2)
-    os.replace(path + ".tmp", path)
+    io.write_atomic(path, json.dumps(obj, indent=2))

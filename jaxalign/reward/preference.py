@@ -19,24 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
 
-from jaxalign.losses import _checks
+from jaxalign.losses.sppo import bt_preference_matrix  # pure arrays: lives with SPPO's losses
 from jaxalign.reward.probe import TokenProbe
 
 DEFAULT_TEMPLATE = ("Which response answers the prompt better?\n\nPrompt: {prompt}\n\n"
                     "Response A: {a}\n\nResponse B: {b}\n\nThe better response is")
-
-
-def bt_preference_matrix(scores_NxK: Float[Array, "N K"]) -> Float[Array, "N K K"]:
-    """P[n, i, j] = sigma(s_i - s_j) (Bradley-Terry link, as SPPO's PairRM scores); P_ii = 1/2."""
-    _checks.check_rank("scores_NxK", scores_NxK, 2)
-    s = _checks.at_least_f32(scores_NxK)
-    P = jax.nn.sigmoid(s[:, :, None] - s[:, None, :])  # SPPO: P(y_i > y_j) = sigma(s_i - s_j)
-    return jnp.where(jnp.eye(s.shape[-1], dtype=bool), 0.5, P)
 
 
 def _check_samples(prompts: Sequence, samples: Sequence[Sequence[str]]) -> int:

@@ -1,7 +1,7 @@
 """Next-token probabilities of a few designated tokens after a prompt: the read-out of LLM judges.
 
     probe = TokenProbe(cfg, params, tokenizer, tokens=(" Yes", " No"), mesh=mesh)
-    logp_NxK = probe(texts)    # log p(token_k | text) at the position right after each text
+    logp_NxA = probe(texts)    # log p(token_a | text) at the position right after each text
 
 No sampling: one forward pass per text (batched, bucketed, jitted), the final hidden state of
 the text's last token times the unembedding gives the full next-token distribution, of which
@@ -54,7 +54,7 @@ def token_id(tokenizer: Any, token: int | str) -> int:
 
 
 class TokenProbe:
-    """`probe(texts) -> np.ndarray float32 [N, K]`: log-probs of K designated next tokens.
+    """`probe(texts) -> np.ndarray float32 [N, A]`: log-probs of the A designated next tokens.
 
     A text longer than `max_length` tokens keeps its BOS and its last tokens (keep_end), so
     the question a judge prompt ends with survives.

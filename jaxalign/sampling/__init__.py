@@ -1,23 +1,36 @@
-"""Sampling: the compiled decode loop and token-selection rules.
+"""Sampling: the compiled decode loop, its decode strategies, and the host-side Sampler.
 
-selection.py  token selection as pure functions of logits (greedy, temperature, top-k/p, min-p)
-loop.py       the jitted prefill + while_loop of one-token steps (state, settings, GenARM guides)
-prompts.py    host-side bucketed, left-padded prompt batches
-sampler.py    `Sampler`: text or token ids in, completions and log-probs out, on a mesh
-output.py     `SampleOutput`: the numpy arrays (and texts) a Sampler returns
-args.py       ARGS decoding (a reward model scores the top-k candidates at every step)
-best_of_n.py  best-of-N selection of a Sampler's completions by a score function
+Decoding-time alignment methods (all run by one `Sampler`, one compiled loop):
+  plain decoding   strategies.Plain        the policy's logits, any selection rule
+  GenARM           strategies.Guided       autoregressive reward models fused into each step:
+                                           Sampler(guides=[GuideModel(...)]), guide_weights=alphas
+  ARGS             strategies.TopKReward   a reward model scores the policy's top-k tokens per
+                                           step: Sampler(reward=RewardGuide(...)), k=, w=
+                                           (jaxalign.reward.ArgsSampler: the scalar reward model)
+  best-of-N        best_of_n.py            n completions per prompt, the best by a score function
+
+selection.py   token selection as pure functions of logits (greedy, temperature, top-k/p, min-p,
+               GenARM's guided logits)
+strategies.py  decode strategies: what a step computes from the models and their caches, and
+               how the chosen token is committed (plain, GenARM, ARGS)
+loop.py        the jitted prefill + while_loop of one-token steps (State, Settings, `record`)
+prompts.py     host-side bucketed, left-padded prompt batches
+sampler.py     `Sampler`: text or token ids in, completions and log-probs out, on a mesh
+output.py      `SampleOutput`: the numpy arrays (and texts) a Sampler returns
+best_of_n.py   best-of-N selection of a Sampler's completions by a score function
 """
 
 from jaxalign.sampling.best_of_n import BestOfN, best_of_n
 from jaxalign.sampling.loop import LM, Settings, State, decode, prefill
 from jaxalign.sampling.output import SampleOutput
-from jaxalign.sampling.sampler import (GuideModel, Sampler, completion_text,
+from jaxalign.sampling.sampler import (GuideModel, RewardGuide, Sampler, completion_text,
                                        stop_ids_from_checkpoint)
+from jaxalign.sampling.strategies import Guided, Plain, RewardStep, TopKReward
 from jaxalign.sampling.selection import GUIDE_CONVENTIONS, Rule, choose, guided_logits
 
 __all__ = [
-    "BestOfN", "best_of_n", "GUIDE_CONVENTIONS", "LM", "GuideModel", "Rule", "SampleOutput",
-    "Sampler", "Settings", "State", "choose", "completion_text", "decode", "guided_logits",
-    "prefill", "stop_ids_from_checkpoint",
+    "BestOfN", "best_of_n", "GUIDE_CONVENTIONS", "Guided", "LM", "GuideModel", "Plain",
+    "RewardGuide", "RewardStep", "Rule", "SampleOutput", "Sampler", "Settings", "State",
+    "TopKReward", "choose", "completion_text", "decode", "guided_logits", "prefill",
+    "stop_ids_from_checkpoint",
 ]

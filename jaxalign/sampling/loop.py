@@ -1,8 +1,14 @@
 """The compiled sampling loop: one prefill over the prompts, then a `while_loop` of 1-token steps.
 
-    state = prefill(params, guide_params, alphas_G, tokens_BxP, mask_BxP, ids_B, budget_B, seed,
-                    policy=LM(cfg), guides=(LM(arm_cfg),), settings=settings)
-    state = decode(params, guide_params, alphas_G, state, ...)  # donates `state`
+    strategy = strategies.Guided(LM(cfg), (LM(arm_cfg),))     # or Plain(LM(cfg)), TopKReward(...)
+    state = prefill((params, arm_params), alphas_G, tokens_BxP, mask_BxP, ids_B, budget_B, seed,
+                    strategy=strategy, settings=settings)
+    state = decode((params, arm_params), alphas_G, state, strategy=..., settings=...)  # donates
+
+What a step computes from the models and their caches, and how the chosen token is committed,
+is the decode strategy's (strategies.py: plain decoding, GenARM's fused guides, ARGS's top-k
+reward scoring); the rest of a step is this file's and the same for all: per-row keys, the
+selection rule (`selection.choose`), and `record` (stop ids, budgets, failures).
 
 Rows: each of the B prompts is prefilled once; its KV cache is then repeated for its n samples,
 so row r = b * n + j is sample j of prompt b (R = B * n rows). The cache has P + max_new - 1
@@ -13,26 +19,6 @@ Randomness: row r's key is fold_in(fold_in(key(seed), prompt_id), sample_index),
 draws with fold_in(row key, t): a prompt's completions do not depend on the batch it is in,
 its padding, the batch size or the number of devices (its floats only in their last bits, from
 how XLA blocks a matmul for a given shape: see BATCH_INVARIANT_CPU).
-
-Guides (GenARM guided decoding, Xu et al. 2024): each guide is another causal LM, an
-autoregressive reward model (ARM) pi_r_i, run in the same compiled step with its own KV cache.
-Per token the policy's logits z_base are steered (selection.guided_logits), then temperature T
-and the filters apply as usual. `Settings.guide_convention` picks the scale:
-
-  "paper" (default):  z = z_base + sum_i alpha_i * log_softmax(z_arm_i)
-                      i.e. (pi_base * prod_i pi_r_i^alpha_i)^(1/T), normalised per token.
-  "official":         z = (z_base + sum_i alpha_i * log_softmax(z_arm_i)) / (1 + sum_i alpha_i)
-                      as the official GenARM scripts compute it. They also pass temperature
-                      T / (1 + alpha), which makes it the paper's distribution; with the
-                      user's T unchanged it is the flatter geometric mean
-                      (pi_base * prod_i pi_r_i^alpha_i)^(1 / (T (1 + sum_i alpha_i))).
-
-The alphas are a runtime array [G] (sweeping them does not recompile); z_base stays
-un-normalised and a guide with alpha_i == 0 adds exactly 0, so alpha = 0 reproduces unguided
-sampling bit for bit. State.guide_logprobs records log pi_r_i(y_t | x, y_<t) of each chosen token
-(the log-softmax over the vocabulary the models share): summed over t it is GenARM's r_i(x, y).
-Guides share the policy's tokenizer; without `Settings.crop_vocab` every model has the policy's
-vocabulary size V, with it every model's logits are cut to the first `vocab_size` ids.
 
 Non-finite logits (NaN or inf weights, an extreme temperature or alpha, positions a model has
 no embedding for) never become tokens: a row whose step is not finite ends there with
@@ -95,14 +81,6 @@ class Settings:
     pad_id: int
     vocab_size: int  # the tokenizer's: larger ids (padded embedding rows) are never chosen
     n: int = 1  # samples per prompt
-    guide_convention: str = "paper"  # a key of selection.GUIDE_CONVENTIONS (see above)
-    crop_vocab: bool = False  # every model's logits cut to [:vocab_size] (guides' V may differ)
-
-    def __post_init__(self):
-        if self.guide_convention not in selection.GUIDE_CONVENTIONS:
-            names = sorted(selection.GUIDE_CONVENTIONS)
-            raise ValueError(f"guide_convention must be one of {names}, "
-                             f"got {self.guide_convention!r}")
 
 
 @flax.struct.dataclass
@@ -123,28 +101,18 @@ class State:
     caches: tuple  # KVCache of the policy, then of each guide
 
 
-def _select(state: State, z_policy_BxV, z_guides, alphas_G, settings: Settings):
-    """Steer the logits, choose a token per row, record it: the step shared by both phases."""
-    V = settings.vocab_size if settings.crop_vocab else z_policy_BxV.shape[-1]
-    guide_lps = tuple(jax.nn.log_softmax(z[:, :V], axis=-1) for z in z_guides)
-    z_BxV = selection.guided_logits(z_policy_BxV[:, :V], guide_lps, alphas_G,
-                                    settings.guide_convention)
-    z_BxV = selection.mask_vocab(z_BxV, settings.vocab_size)
+def _step(state: State, params, controls, out, strategy, settings: Settings) -> State:
+    """The strategy's scores, a token chosen per row by the rule, recorded, then committed."""
+    scores = strategy.scores(params, controls, state, out, settings)
     step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.keys, state.step)
-    tok_R, lp_R = selection.choose(step_keys, z_BxV, settings.rule)
-    model_lp_R = selection.token_logprob(z_policy_BxV, tok_R)  # the uncropped policy
-    take = lambda lp_BxV: jnp.take_along_axis(lp_BxV, tok_R[:, None], axis=-1)[:, 0]
-    guide_lp_RxG = (jnp.stack([take(lp) for lp in guide_lps], axis=1) if guide_lps
+    tok_R, lp_R = selection.choose(step_keys, scores.z_RxV, settings.rule)
+    model_lp_R = selection.token_logprob(scores.policy_RxV, tok_R)  # the uncropped policy
+    take = lambda lp_RxV: jnp.take_along_axis(lp_RxV, tok_R[:, None], axis=-1)[:, 0]
+    guide_lp_RxG = (jnp.stack([take(lp) for lp in scores.guide_lps], axis=1) if scores.guide_lps
                     else jnp.zeros((tok_R.shape[0], 0), jnp.float32))
-    valid_R = valid_logits(z_policy_BxV)
-    for z in z_guides:
-        valid_R &= valid_logits(z[:, :V])
-    return record(state, tok_R, lp_R, model_lp_R, guide_lp_RxG, valid_R, settings)
-
-
-def valid_logits(z_BxV):
-    """[B] bool: the row has no NaN and no +inf logit (-inf is a masked token)."""
-    return (z_BxV < jnp.inf).all(-1)  # NaN < inf is False
+    new = record(state, tok_R, lp_R, model_lp_R, guide_lp_RxG, scores.valid_R, settings)
+    tok_R = jax.lax.dynamic_index_in_dim(new.tokens, state.step, axis=1, keepdims=False)
+    return new.replace(caches=strategy.commit(params, new.caches, scores, tok_R, ~state.done))
 
 
 def record(state: State, tok_R, lp_R, model_lp_R, guide_lp_RxG, valid_R,
@@ -152,11 +120,11 @@ def record(state: State, tok_R, lp_R, model_lp_R, guide_lp_RxG, valid_R,
     """Writes each live row's chosen token and log-probs at column `step` (every decoding rule's
     last part: stop ids, budgets, ends).
 
-    valid_R: the row's logits (every model's) were valid (`valid_logits`). A row whose logits,
-    chosen token (outside [0, vocab_size): what argmax returns over NaN), log-probs (finite) or
-    guide log-probs (-inf allowed: a guide with alpha 0 may give the token probability 0) are
-    not valid ends there with `failed_at` = step and pad_id written: nothing invalid is fed
-    back, and the host raises (`Sampler`) instead of returning it.
+    valid_R: the row's logits (every model's) were valid (`strategies.valid_logits`). A row
+    whose logits, chosen token (outside [0, vocab_size): what argmax returns over NaN),
+    log-probs (finite) or guide log-probs (-inf allowed: a guide with alpha 0 may give the token
+    probability 0) are not valid ends there with `failed_at` = step and pad_id written: nothing
+    invalid is fed back, and the host raises (`Sampler`) instead of returning it.
     """
     live_R = ~state.done
     valid_R &= ((tok_R >= 0) & (tok_R < settings.vocab_size) & jnp.isfinite(lp_R)
@@ -233,32 +201,24 @@ def last_tokens(state: State):
     return last_Rx1, positions_Rx1, live_Rx1
 
 
-def _prefill(params, guide_params, alphas_G, tokens_BxP, mask_BxP, prompt_ids_B, budget_B,
-            seed, *, policy: LM, guides: tuple[LM, ...], settings: Settings,
-            mesh: Mesh | None = None) -> State:
-    """Runs every model over the left-padded prompts and chooses each row's first token."""
+def _prefill(params, controls, tokens_BxP, mask_BxP, prompt_ids_B, budget_B, seed, *,
+             strategy, settings: Settings, mesh: Mesh | None = None) -> State:
+    """Runs the strategy's models over the left-padded prompts and chooses each row's first
+    token."""
     TRACES["prefill"] += 1
-    B, P = tokens_BxP.shape
-    n, N = settings.n, settings.max_new_tokens
+    P, n, N = tokens_BxP.shape[1], settings.n, settings.max_new_tokens
     S = P + N - 1  # the last token chosen is never fed back
-    positions_BxP = positions_from_mask(mask_BxP)
-    logits, caches = [], []
-    for lm, p in zip((policy,) + guides, (params,) + tuple(guide_params)):
-        z_BxV, cache = lm(p, tokens_BxP, positions_BxP, mask_BxP, lm.init_cache(B, S))
-        logits.append(_rows(z_BxV, n))
-        caches.append(cache.map_rows(lambda x, axis: _rows(x, n, axis)))
-
-    state = initial_state(prompt_ids_B, budget_B, mask_BxP, seed, tuple(caches), settings,
-                          num_guides=len(guides))
-    return _constrain(_select(state, logits[0], logits[1:], alphas_G, settings), mesh)
+    out, caches = strategy.prefill(params, tokens_BxP, positions_from_mask(mask_BxP), mask_BxP, S)
+    caches = tuple(c.map_rows(lambda x, axis: _rows(x, n, axis)) for c in caches)
+    state = initial_state(prompt_ids_B, budget_B, mask_BxP, seed, caches, settings,
+                          num_guides=strategy.num_guides)
+    out = jax.tree.map(lambda x: _rows(x, n), out)
+    return _constrain(_step(state, params, controls, out, strategy, settings), mesh)
 
 
-def _decode(params, guide_params, alphas_G, state: State, *, policy: LM,
-           guides: tuple[LM, ...], settings: Settings) -> State:
-    """One-token steps until every row is done or the cache is full."""
+def _decode(params, controls, state: State, *, strategy, settings: Settings) -> State:
+    """One-token steps until every row is done or the policy's cache is full."""
     TRACES["decode"] += 1
-    lms = (policy,) + guides
-    all_params = (params,) + tuple(guide_params)
 
     def cond(state: State):
         cache = state.caches[0]
@@ -266,13 +226,8 @@ def _decode(params, guide_params, alphas_G, state: State, *, policy: LM,
 
     def body(state: State):
         last_Rx1, positions_Rx1, live_Rx1 = last_tokens(state)
-        logits, caches = [], []
-        for lm, p, cache in zip(lms, all_params, state.caches):
-            z_BxV, cache = lm(p, last_Rx1, positions_Rx1, live_Rx1, cache)
-            logits.append(z_BxV)
-            caches.append(cache)
-        state = state.replace(caches=tuple(caches))
-        return _select(state, logits[0], logits[1:], alphas_G, settings)
+        out, caches = strategy.forward(params, last_Rx1, positions_Rx1, live_Rx1, state.caches)
+        return _step(state.replace(caches=caches), params, controls, out, strategy, settings)
 
     return jax.lax.while_loop(cond, body, state)
 
@@ -289,9 +244,9 @@ BATCH_INVARIANT_CPU = (("xla_cpu_experimental_ynn_fusion_type", ""),)
 def compiled(compiler_options: tuple[tuple[str, str], ...] = ()):
     """(prefill, decode) jitted with these XLA compiler options; `decode` donates the state."""
     opts = dict(compiler_options) or None
-    static = ("policy", "guides", "settings", "mesh")
+    static = ("strategy", "settings", "mesh")
     return (jax.jit(_prefill, static_argnames=static, compiler_options=opts),
-            jax.jit(_decode, static_argnames=static[:3], donate_argnames=("state",),
+            jax.jit(_decode, static_argnames=static[:2], donate_argnames=("state",),
                     compiler_options=opts))
 
 

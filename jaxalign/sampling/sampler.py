@@ -4,10 +4,17 @@
     out = sampler(["Tell me a joke."], n=4, temperature=0.7, top_p=0.9, max_new_tokens=256)
     out.texts[0][3], out.tokens[0, 3, :out.lengths[0, 3]], out.model_logprobs[0, 3]
 
-GenARM guided decoding (loop.py): autoregressive reward models steer the policy per token,
+GenARM guided decoding (strategies.Guided): autoregressive reward models steer the policy per token,
     sampler = Sampler(cfg, params, tokenizer, guides=[GuideModel(arm_cfg, arm_params, weight=2.0)])
     out = sampler(prompts, guide_weights=[1.0])   # alphas at call time: no recompilation
     out.guide_rewards()[p, j, 0]                  # r(x, y) = sum_t log pi_r(y_t | x, y_<t)
+
+ARGS (strategies.TopKReward): a reward model scores the policy's top-k tokens at every step,
+    sampler = Sampler(cfg, params, tokenizer, reward=RewardGuide(ScalarRewardStep(rm_cfg), rm))
+    out = sampler(prompts, k=10, w=1.5, temperature=0.0)   # w: a runtime weight, like the alphas
+
+One Sampler runs every decode strategy (strategies.py); what differs between them is the models
+placed here and the runtime controls (`guide_weights`: the alphas, or ARGS's [w]).
 
 Host side, before anything is traced: tokenize (jaxalign.data's Encoder: chat templates, BOS),
 validate every argument (ValueError), sort the prompts by length (a prompt's completions do not
@@ -40,7 +47,7 @@ from jaxalign import sharding as shd
 from jaxalign.data.batching import bucket_lengths
 from jaxalign.data.tokenize import Encoder
 from jaxalign.models import ModelConfig, Transformer, param_logical_axes
-from jaxalign.sampling import loop, selection
+from jaxalign.sampling import loop, selection, strategies
 from jaxalign.sampling.output import SampleOutput
 from jaxalign.sampling.prompts import Batch, key_id, make_batches
 
@@ -73,6 +80,18 @@ class GuideModel:
     tokenizer: Any = None
 
 
+@dataclasses.dataclass(frozen=True)
+class RewardGuide:
+    """ARGS's reward model for `Sampler(reward=...)`: a `strategies.RewardStep` (e.g.
+    jaxalign.reward.ScalarRewardStep), its params, and its weight w (the default of `w`). It
+    reads the policy's token ids, so it must share the policy's tokenizer (its vocabulary is
+    checked against it: GenARM's official evaluation crashed on a 32000 vs 32001 mismatch)."""
+
+    step: strategies.RewardStep
+    params: Any
+    weight: float = 1.0
+
+
 @functools.lru_cache(maxsize=16)
 def _decode_layout(cfg: ModelConfig):
     """The jitted `loop.decode_layout` of a config, made once: `set_params` then neither
@@ -99,6 +118,14 @@ def check_no_nan(params, name: str) -> None:
         bad = [jax.tree_util.keystr(p) for (p, _), b in zip(leaves, nan) if b]
         raise ValueError(f"{name}: weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} "
                          f"hold NaN: every completion would be NaN")
+
+
+def place_params(cfg: ModelConfig, params, mesh, name: str = "params"):
+    """Params on the mesh (logical shardings), in the decode layout (`loop.decode_layout`);
+    NaN in them is refused (ValueError naming `name` and the leaves)."""
+    params = shd.place(params, param_logical_axes(cfg), mesh)
+    check_no_nan(params, name)
+    return _decode_layout(cfg)(params)
 
 
 def _cfg(model) -> ModelConfig:
@@ -142,12 +169,14 @@ def _check_same_tokens(tokenizer, other, i: int) -> None:
 
 
 class Sampler:
-    """Samples completions from a jaxalign Transformer, optionally guided by ARMs (GenARM)."""
+    """Samples completions from a jaxalign Transformer: plain, guided by ARMs (GenARM), or by a
+    reward model scoring top-k candidates (ARGS)."""
 
     def __init__(self, model: Transformer | ModelConfig, params, tokenizer=None, *, mesh=None,
                  max_len: int | None = None, buckets: Sequence[int] | None = None,
                  batch_size: int | None = None, stop_ids: Sequence[int] | int | None = None,
-                 guides: Sequence[GuideModel] = (), guide_convention: str = "paper",
+                 guides: Sequence[GuideModel] = (), reward: RewardGuide | None = None,
+                 guide_convention: str = "paper",
                  crop_vocab: bool = False, vocab_size: int | None = None,
                  chat: bool | None = None, batch_invariant: bool = False):
         """guides: GenARM's autoregressive reward models, each run with its own KV cache in the
@@ -157,7 +186,9 @@ class Sampler:
         guide_convention: "paper" (default: that sum, i.e. (pi_base * prod pi_r^alpha)^(1/T)) or
           "official" (the official GenARM scripts: the sum divided by 1 + sum_i alpha_i before
           temperature; they also pass T / (1 + alpha), giving the paper's distribution, while
-          with T unchanged it is a flatter, geometric-mean one). See loop.py.
+          with T unchanged it is a flatter, geometric-mean one). See strategies.py.
+        reward: ARGS's reward model (`RewardGuide`; not with guides): per step it scores the
+          policy's `k` most likely tokens, score = z + w * r (`k`, `w` at call time).
         crop_vocab: guides must have the policy's `vocab_size` (else ValueError); with True they
           may differ (same tokenizer, e.g. 32000 vs 32001 rows): every model's logits are cut to
           the shared prefix of min(vocab sizes, len(tokenizer)) ids, ids past it are never
@@ -169,9 +200,13 @@ class Sampler:
         """
         cfg = self.cfg = _cfg(model)
         guide_cfgs = [_cfg(g.model) for g in guides]
-        if guide_convention not in selection.GUIDE_CONVENTIONS:
-            raise ValueError(f"guide_convention must be one of "
-                             f"{sorted(selection.GUIDE_CONVENTIONS)}, got {guide_convention!r}")
+        self.policy = loop.LM(cfg)
+        self.guides = tuple(loop.LM(g) for g in guide_cfgs)
+        self.strategy = strategies.Guided(self.policy, self.guides, guide_convention,
+                                          bool(crop_vocab))  # checks the convention
+        if reward is not None and guides:
+            raise ValueError("pass guides (GenARM) or reward (ARGS), not both")
+        self.reward = reward
         for i, g in enumerate(guide_cfgs):
             if g.vocab_size != cfg.vocab_size and not crop_vocab:
                 raise ValueError(
@@ -189,28 +224,35 @@ class Sampler:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size or (len(tokenizer) if tokenizer is not None
                                          else cfg.vocab_size)
+        # (name, vocabulary rows, position table) of every model the strategy runs
+        models = [("the policy", cfg.vocab_size, cfg.max_position_embeddings)] + [
+            (f"guide {i}", g.vocab_size, g.max_position_embeddings)
+            for i, g in enumerate(guide_cfgs)]
+        if reward is not None:
+            models.append(("the reward model", reward.step.vocab_size, reward.step.max_positions))
         # Every model can embed ids below this (prompts, padding); ids >= vocab_size never come.
-        self.embed_size = min([cfg.vocab_size] + [g.vocab_size for g in guide_cfgs])
+        self._embed_owner, self.embed_size, _ = min(models, key=lambda m: m[1])
         if crop_vocab:
             self.vocab_size = min(self.vocab_size, self.embed_size)
         elif self.vocab_size > cfg.vocab_size:
             raise ValueError(f"the tokenizer has {self.vocab_size} tokens but the model's "
                              f"vocabulary only {cfg.vocab_size} (crop_vocab=True samples from "
                              f"the ids both have)")
+        if reward is not None and reward.step.vocab_size < self.vocab_size:
+            raise ValueError(f"reward model vocabulary {reward.step.vocab_size} is smaller than "
+                             f"the policy's tokenizer's {self.vocab_size}: not the same tokenizer?")
         self.max_len = max_len or cfg.max_position_embeddings
         if isinstance(self.max_len, bool) or not (isinstance(self.max_len, (int, np.integer))
                                                    and self.max_len >= 2):
             raise ValueError(f"max_len must be an int >= 2 (a prompt token and a new one), "
                              f"got {max_len!r}")
         self.max_len = int(self.max_len)
-        for name, c in [("the policy", cfg)] + [(f"guide {i}", g)
-                                                 for i, g in enumerate(guide_cfgs)]:
-            if self.max_len > c.max_position_embeddings:  # positions 0 .. max_len - 1 are used
+        for name, _, positions in models:
+            if self.max_len > positions:  # positions 0 .. max_len - 1 are used
                 raise ValueError(
                     f"max_len={self.max_len} is longer than {name}'s position table "
-                    f"(ModelConfig.max_position_embeddings={c.max_position_embeddings}): its "
-                    f"logits past that position are not defined; pass max_len <= "
-                    f"{c.max_position_embeddings}")
+                    f"(ModelConfig.max_position_embeddings={positions}): its logits past that "
+                    f"position are not defined; pass max_len <= {positions}")
         # Prompt-length buckets; max_len - 1 (the longest prompt that fits) always closes them.
         self.buckets = tuple(sorted({b for b in buckets if b < self.max_len - 1}
                                     | {self.max_len - 1})) if buckets else bucket_lengths(
@@ -229,12 +271,14 @@ class Sampler:
             self.encoder = Encoder(tokenizer, chat=chat, eos_id=self.pad_id if eos is None else eos)
         else:
             self.encoder = None
-        self.policy = loop.LM(cfg)
-        self.guides = tuple(loop.LM(g) for g in guide_cfgs)
-        self.guide_weights = self._check_weights([g.weight for g in guides], "GuideModel.weight")
+        self.guide_weights = (self._check_weights([reward.weight], "RewardGuide.weight")
+                              if reward is not None else
+                              self._check_weights([g.weight for g in guides], "GuideModel.weight"))
         self.params = self._place(cfg, params, "the policy")
         self.guide_params = tuple(self._place(c, g.params, f"guide {i}")
                                   for i, (c, g) in enumerate(zip(guide_cfgs, guides)))
+        self.reward_params = None if reward is None else reward.step.place(reward.params,
+                                                                            self.mesh)
 
     @classmethod
     def from_pretrained(cls, directory: str, tokenizer=None, *, mesh=None, **kw) -> "Sampler":
@@ -256,9 +300,9 @@ class Sampler:
         return tuple(int(s) for s in ids)
 
     def _check_weights(self, weights, name: str) -> np.ndarray:
-        """The alphas as float32 [G]: one finite value per guide (and 1 + sum > 0 for the
-        official convention, which divides by it)."""
-        G = len(self.guides)
+        """The runtime controls as float32 [G]: one finite alpha per guide (and 1 + sum > 0 for
+        the official convention, which divides by it), or ARGS's [w]."""
+        G = 1 if self.reward is not None else len(self.guides)
         try:
             w = np.asarray(weights, np.float32)
         except (TypeError, ValueError):
@@ -269,18 +313,13 @@ class Sampler:
                              f"{w.size if w.ndim == 1 else weights!r}")
         if not np.isfinite(w).all():
             raise ValueError(f"{name} must be finite, got {w.tolist()}")
-        if self.guide_convention == "official" and not 1 + w.sum() > 0:
+        if self.guide_convention == "official" and self.guides and not 1 + w.sum() > 0:
             raise ValueError(f"{name}: the official convention divides by 1 + sum(alphas), "
                              f"which must be > 0; got alphas {w.tolist()}")
         return w
 
     def _place(self, cfg: ModelConfig, params, name: str = "params"):
-        """Params on the mesh (logical shardings), in the decode layout (`loop.decode_layout`);
-        NaN in them is refused (ValueError naming `name` and the leaves)."""
-        shardings = shd.tree_shardings(param_logical_axes(cfg), params, self.mesh)
-        params = jax.tree.map(lambda x, s: jax.device_put(x, s), params, shardings)
-        check_no_nan(params, name)
-        return _decode_layout(cfg)(params)
+        return place_params(cfg, params, self.mesh, name)
 
     def set_params(self, params) -> None:
         """New policy weights (e.g. after an RL iteration); compiled programs are reused."""
@@ -288,6 +327,8 @@ class Sampler:
 
     def weights(self) -> dict:
         """Every model's params this sampler's output depends on (e.g. to fingerprint them)."""
+        if self.reward is not None:
+            return {"policy": self.params, "guides": (), "reward": self.reward_params}
         return {"policy": self.params, "guides": self.guide_params}
 
     def __call__(self, prompts: Sequence[str | list[dict]] | None = None, **kw) -> SampleOutput:
@@ -303,7 +344,8 @@ class Sampler:
                ids: Sequence[int | str] | None = None, n: int = 1, max_new_tokens: int = 256,
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
                seed: int = 0, stop_ids: Sequence[int] | None = None,
-               guide_weights: Sequence[float] | None = None, batch_size: int | None = None
+               guide_weights: Sequence[float] | None = None, batch_size: int | None = None,
+               k: int | None = None, w: float | None = None
                ) -> Iterator[tuple[np.ndarray, SampleOutput]]:
         """Yields (indices of the prompts, their SampleOutput) batch by batch as each finishes.
 
@@ -315,8 +357,13 @@ class Sampler:
         temperature (0: greedy), top_k, top_p, min_p: see selection.Rule. seed: the run's seed,
           an int in [0, 2**32). Prompts whose ids give the same key id (`prompts.key_id`) are
           refused: they would share their random streams.
-        stop_ids: default the sampler's. guide_weights: the alphas, one per guide (runtime
-          values: changing them does not recompile); default the guides' own `weight`.
+        stop_ids: default the sampler's. guide_weights: the runtime controls (changing them
+          does not recompile): the alphas, one per guide, default the guides' own `weight`;
+          with a reward model (ARGS), [w].
+        k, w (ARGS only): the candidates (the policy's k most likely tokens, default 10) the
+          reward model scores per step, and the reward's weight in score = z + w * r (0: the
+          policy's greedy / top-k decoding; default the RewardGuide's `weight`). temperature 0
+          is ARGS-greedy, else ARGS-stochastic: softmax(score / temperature).
         batch_size: most prompts per compiled batch, of batch_size * n rows (default: the
           sampler's, else all).
         Every argument is checked here, before the first batch is traced (ValueError). A
@@ -325,15 +372,13 @@ class Sampler:
         """
         settings = loop.Settings(
             max_new_tokens=max_new_tokens, n=n, pad_id=self.pad_id, vocab_size=self.vocab_size,
-            guide_convention=self.guide_convention, crop_vocab=self.crop_vocab,
             rule=selection.Rule(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p),
             stop_ids=self.stop_ids if stop_ids is None else self._check_stop_ids(stop_ids))
         if not (isinstance(n, int) and n >= 1):
             raise ValueError(f"n (samples per prompt) must be an int >= 1, got {n!r}")
         if not (isinstance(max_new_tokens, int) and max_new_tokens >= 1):
             raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-        weights = self.guide_weights if guide_weights is None else self._check_weights(
-            guide_weights, "guide_weights")
+        strategy, controls = self._strategy(guide_weights, k, w)
         tokens = self._tokenize(prompts, prompt_ids)
         ids = list(range(len(tokens))) if ids is None else list(ids)
         if len(ids) != len(tokens):
@@ -342,7 +387,45 @@ class Sampler:
             tokens, [key_id(i) for i in ids], batch_size=batch_size or self.batch_size,
             dp=self.dp, buckets=self.buckets, max_len=self.max_len, max_new=max_new_tokens,
             pad_id=self.pad_id, agree=self._agree)
-        return self._results(batches, tokens, settings, seed, weights)
+        if isinstance(seed, bool) or not (isinstance(seed, (int, np.integer))
+                                          and 0 <= seed < 2**32):
+            raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
+        # The decode buffers hold min(max_new_tokens, max_len - 1) tokens: no row can produce
+        # more (its budget is max_len - its prompt's length), so none is allocated.
+        settings = dataclasses.replace(
+            settings, max_new_tokens=min(settings.max_new_tokens, self.max_len - 1))
+        return self._run(batches, tokens, settings, seed, strategy, controls)
+
+    def _strategy(self, guide_weights, k, w):
+        """The call's decode strategy (static) and its runtime controls (float32 [G])."""
+        if self.reward is None:
+            if k is not None or w is not None:
+                raise ValueError("k and w are ARGS's (candidates per step, the reward's weight): "
+                                 "this sampler has no reward model (Sampler(reward=...))")
+            strategy = self.strategy
+        else:
+            k = 10 if k is None else k
+            if isinstance(k, bool) or not (isinstance(k, int) and 1 <= k <= self.vocab_size):
+                raise ValueError(f"k (candidates per step) must be an int in "
+                                 f"[1, {self.vocab_size}] (the vocabulary), got {k!r}")
+            if w is not None:
+                if guide_weights is not None:
+                    raise ValueError("pass w (ARGS's reward weight) or guide_weights, not both")
+                if isinstance(w, bool) or not (isinstance(w, (int, float, np.floating,
+                                                              np.integer)) and np.isfinite(w)):
+                    raise ValueError(f"w (the reward's weight) must be a finite number, "
+                                     f"got {w!r}")
+                guide_weights = [w]
+            strategy = strategies.TopKReward(self.policy, self.reward.step, k)
+        if guide_weights is None:
+            return strategy, self.guide_weights
+        return strategy, self._check_weights(guide_weights, "guide_weights")
+
+    def _loop_params(self) -> tuple:
+        """Every model's params as the strategy takes them: the policy's first."""
+        if self.reward is not None:
+            return (self.params, self.reward_params)
+        return (self.params,) + self.guide_params
 
     def _tokenize(self, prompts, prompt_ids) -> list[list[int]]:
         if (prompts is None) == (prompt_ids is None):
@@ -368,7 +451,8 @@ class Sampler:
                 raise ValueError(f"prompt {i} has {len(ids)} tokens: it does not fit the cache "
                                  f"of max_len={self.max_len} with room for a new token")
             if min(ids) < 0 or max(ids) >= self.embed_size:
-                raise ValueError(f"prompt {i} has token ids outside [0, {self.embed_size})")
+                raise ValueError(f"prompt {i} has token ids outside [0, {self.embed_size}) "
+                                 f"({self._embed_owner}'s vocabulary)")
             out.append(ids)
         return out
 
@@ -379,31 +463,21 @@ class Sampler:
             return value
         return int(np.max(multihost_utils.process_allgather(np.int32(value))))
 
-    def _dispatch(self, batch: Batch, settings: loop.Settings, seed: int, weights):
+    def _dispatch(self, batch: Batch, settings: loop.Settings, seed: int, strategy, controls):
         put = lambda x: jax.make_array_from_process_local_data(
             shd.batch_sharding(self.mesh, x.ndim), x)
-        static = dict(policy=self.policy, guides=self.guides, settings=settings)
-        state = self._prefill(self.params, self.guide_params, weights, put(batch.tokens),
-                             put(batch.mask), put(batch.ids), put(batch.budget), np.uint32(seed),
-                             mesh=self.mesh, **static)
-        return self._decode(self.params, self.guide_params, weights, state, **static)
+        params, static = self._loop_params(), dict(strategy=strategy, settings=settings)
+        state = self._prefill(params, controls, put(batch.tokens), put(batch.mask),
+                              put(batch.ids), put(batch.budget), np.uint32(seed), mesh=self.mesh,
+                              **static)
+        return self._decode(params, controls, state, **static)
 
-    def _results(self, batches: list[Batch], tokens, settings, seed, weights):
-        """The batches' outputs as they finish (`_run`), after the checks every decoding rule
-        shares. The decode buffers hold min(max_new_tokens, max_len - 1) tokens: no row can
-        produce more (its budget is max_len - its prompt's length), so none is allocated."""
-        if isinstance(seed, bool) or not (isinstance(seed, (int, np.integer))
-                                          and 0 <= seed < 2**32):
-            raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
-        settings = dataclasses.replace(
-            settings, max_new_tokens=min(settings.max_new_tokens, self.max_len - 1))
-        return self._run(batches, tokens, settings, seed, weights)
-
-    def _run(self, batches: list[Batch], tokens, settings, seed, weights):
+    def _run(self, batches: list[Batch], tokens, settings, seed, strategy, controls):
         """Dispatches batch i+1 before reading batch i back (the host never idles the device)."""
         pending = None
         for batch in batches + [None]:
-            state = None if batch is None else self._dispatch(batch, settings, seed, weights)
+            state = None if batch is None else self._dispatch(batch, settings, seed, strategy,
+                                                              controls)
             if pending is not None:
                 prev, prev_state = pending
                 yield prev.index, self._output(prev, prev_state, [tokens[i] for i in prev.index],

@@ -30,6 +30,7 @@ from jax.sharding import NamedSharding
 
 from jaxalign import sharding as shd
 from jaxalign.models.config import ModelConfig
+from jaxalign.models.paths import flatten_paths, key_name, unflatten_paths
 from jaxalign.models.transformer import param_logical_axes
 from jaxalign.train.memory import MemoryEstimate
 
@@ -63,28 +64,9 @@ class LoraConfig:
         return self.alpha / self.rank
 
 
-def _key_name(k) -> str:
-    return str(getattr(k, "key", getattr(k, "name", k)))
-
-
-def _flat(tree, is_leaf=None) -> dict[tuple[str, ...], object]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)[0]
-    return {tuple(_key_name(k) for k in path): leaf for path, leaf in leaves}
-
-
-def _unflat(flat: dict) -> dict:
-    out: dict = {}
-    for path, leaf in flat.items():
-        node = out
-        for k in path[:-1]:
-            node = node.setdefault(k, {})
-        node[path[-1]] = leaf
-    return out
-
-
 def _modules(params) -> dict[tuple[str, ...], object]:
     """{module path: kernel} of every module that owns a `kernel`."""
-    return {path[:-1]: w for path, w in _flat(params).items() if path[-1] == "kernel"}
+    return {path[:-1]: w for path, w in flatten_paths(params).items() if path[-1] == "kernel"}
 
 
 def matched_kernels(params, lcfg: LoraConfig) -> dict[tuple[str, ...], object]:
@@ -124,12 +106,12 @@ def init_lora(params, lcfg: LoraConfig, rng: jax.Array):
         a = jax.random.uniform(key, (*lead, d_in, lcfg.rank), jnp.float32, -bound, bound)
         flat[(*m, "a")] = a.astype(w.dtype)
         flat[(*m, "b")] = jnp.zeros((*lead, lcfg.rank, d_out), w.dtype)
-    return _unflat(flat)
+    return unflatten_paths(flat)
 
 
 def _adapter_modules(adapters) -> dict[tuple[str, ...], dict]:
     out: dict = {}
-    for path, leaf in _flat(adapters).items():
+    for path, leaf in flatten_paths(adapters).items():
         if path[-1] not in ("a", "b"):
             raise ValueError(f"adapters: leaf {'/'.join(path)} is not an 'a' or 'b' matrix")
         out.setdefault(path[:-1], {})[path[-1]] = leaf
@@ -157,13 +139,13 @@ def merge(params, adapters, lcfg: LoraConfig):
                              f"b{list(want_b)}")
 
     def merged(path, w):
-        m = tuple(_key_name(k) for k in path[:-1])
-        if _key_name(path[-1]) != "kernel" or m not in modules:
+        m = tuple(key_name(k) for k in path[:-1])
+        if key_name(path[-1]) != "kernel" or m not in modules:
             return w
-        a_IxR, b_RxO = modules[m]["a"], modules[m]["b"]
-        delta_IxO = jnp.einsum("...ir,...ro->...io", a_IxR.astype(jnp.float32),
-                               b_RxO.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
-        return (w.astype(jnp.float32) + lcfg.scale * delta_IxO).astype(w.dtype)
+        a, b = modules[m]["a"], modules[m]["b"]  # [..., in, r], [..., r, out]
+        delta = jnp.einsum("...ir,...ro->...io", a.astype(jnp.float32),
+                           b.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
+        return (w.astype(jnp.float32) + lcfg.scale * delta).astype(w.dtype)
 
     return jax.tree_util.tree_map_with_path(merged, params)
 
@@ -176,10 +158,10 @@ def lora_logical_axes(cfg_or_axes, adapters):
     """
     axes = (param_logical_axes(cfg_or_axes) if isinstance(cfg_or_axes, ModelConfig)
             else cfg_or_axes)
-    flat = _flat(axes, is_leaf=lambda x: isinstance(x, tuple))
+    flat = flatten_paths(axes, is_leaf=lambda x: isinstance(x, tuple))
 
     def names(path, _):
-        *m, ab = (_key_name(k) for k in path)
+        *m, ab = (key_name(k) for k in path)
         w = flat[(*m, "kernel")]
         return (*w[:-1], None) if ab == "a" else (*w[:-2], None, w[-1])
 
@@ -232,7 +214,7 @@ def memory_estimate(full: MemoryEstimate, *, params, param_axes, adapters, optim
     adapter_bytes = _bytes_per_device(adapters, adapter_axes, mesh)
     modules = _adapter_modules(adapters)
     kernels = {m: w for m, w in _modules(params).items() if m in modules}
-    kernel_axes = _flat(param_axes, is_leaf=lambda x: isinstance(x, tuple))
+    kernel_axes = flatten_paths(param_axes, is_leaf=lambda x: isinstance(x, tuple))
     kernel_bytes = _bytes_per_device(list(kernels.values()),
                                      [kernel_axes[(*m, "kernel")] for m in kernels], mesh)
     opt = jax.tree.leaves(jax.eval_shape(optimizer.init, adapters))

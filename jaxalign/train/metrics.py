@@ -29,8 +29,8 @@ class MetricWriter:
     def rewind(self, step: int) -> None:
         """Keeps only the rows of steps <= `step` (and drops a torn last line): a run resumed
         from the checkpoint of `step` then logs every later step exactly once (`step=-1`: drop
-        every row). metrics.jsonl is rewritten (a temp file renamed over it, so a kill meanwhile
-        loses nothing). Event files are append-only: the next one starts with a SessionLog START
+        every row). metrics.jsonl is rewritten (`io.write_atomic`, so a kill meanwhile loses
+        nothing). Event files are append-only: the next one starts with a SessionLog START
         at `step + 1`, on which TensorBoard drops the later steps that earlier files hold."""
         self._jsonl.close()
         keep = []
@@ -42,12 +42,7 @@ class MetricWriter:
                     continue
                 if row.get("step", 0) <= step:
                     keep.append(line if line.endswith("\n") else line + "\n")
-        tmp = self._path + ".rewind"
-        with io.open_for_write(tmp, "w") as fh:
-            fh.writelines(keep)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self._path)
+        io.write_atomic(self._path, "".join(keep))
         self._jsonl = io.open_for_write(self._path, "a")
         if self._tb is not None:
             self._tb.close()

@@ -27,12 +27,12 @@ import weakref
 from typing import Any, Callable, Iterable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
 from jaxalign import io
 from jaxalign import sharding as shd
+from jaxalign.models.sizing import place_params  # the one copy; runners import it from here too
 from jaxalign.train.checkpoint import Checkpointer, abstract_like
 from jaxalign.train.metrics import MetricWriter
 from jaxalign.train.step import (TrainState, compile_step, eval_metrics, init_state,
@@ -346,12 +346,3 @@ def run_loop(t: Trainer, train_iter, on_step: Callable[[int], Any] | None = None
                 t.save(train_iter.state())
             t.ckpt.wait()  # on disk before the exit code says so
             raise Preempted(step, loop.workdir)
-
-
-def place_params(params, model_cfg, mesh, logical_axes=None):
-    """Put a host or single-device param tree onto the mesh with its logical shardings."""
-    from jaxalign.models.transformer import param_logical_axes
-    if logical_axes is None:
-        logical_axes = param_logical_axes(model_cfg)
-    shardings = shd.tree_shardings(logical_axes, params, mesh)
-    return jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x), s), params, shardings)

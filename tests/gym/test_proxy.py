@@ -1,6 +1,6 @@
 from jaxalign.gym import oracles, tasks
 from jaxalign.gym.evaluate import EvalConfig, Suite, markdown_table
-from jaxalign.gym.frontier import best_of_n
+from jaxalign.gym.frontier import best_of_n_sweep
 from jaxalign.gym.proxy import train_proxy
 
 
@@ -13,7 +13,7 @@ def test_proxy_is_imperfect_and_hackable(ref, tmp_path):
     suite = Suite(ref, EvalConfig(num_text=32, num_arith=0, samples=2))
     ns = [1, 4, 16, 64]
     rows = []
-    for n, comps in best_of_n(suite, proxy.score, ns):
+    for n, comps in best_of_n_sweep(suite, proxy.score, ns):
         flat_p = [p for p, cs in zip(suite.prompts, comps) for _ in cs]
         flat_c = [c for cs in comps for c in cs]
         rows.append(dict(N=n, proxy=float(proxy.score(flat_p, flat_c).mean()),

@@ -164,7 +164,7 @@ def _trainer(d):
 
 LINKS = {  # case: (link inside the workdir, what writes there)
     "metrics.jsonl": ("metrics.jsonl", _metrics),
-    "metrics_rewind_temp": ("metrics.jsonl.rewind", _metrics_rewind),
+    "metrics_rewind_temp": ("metrics.jsonl.tmp", _metrics_rewind),  # io.write_atomic's temp
     "tensorboard_dir": ("tensorboard", _metrics),
     "committed_data": ("summary.json", _committed),
     "committed_marker": ("summary.json.commit", _committed),

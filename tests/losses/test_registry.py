@@ -11,6 +11,8 @@ REQUIRED = [
     "dpo.sigmoid", "dpo.cdpo", "dpo.robust", "dpo.ipo", "dpo.ipo_length_normalized", "dpo.hinge",
     "dpo.simpo", "dpo.orpo", "dpo.reference_free", "sppo.sppo", "sppo.single", "sppo.hard",
     "genarm.arm", "rest.thresholded_nll", "cgpo.crpg", "cgpo.codpo", "cgpo.crraft",
+    "dpo.nca_pair", "dpo.bco_pair", "dpo.exo_pair", "dpo.apo_zero", "dpo.apo_down",
+    "dpo.sigmoid_norm", "dpo.discopop",
 ]
 ONES = np.ones(2, np.float32)
 LOGPS = dict(policy_chosen_logps=-ONES, policy_rejected_logps=-2 * ONES,

@@ -1,15 +1,16 @@
-"""Exact sizes from configs alone, and the same logits on a sharded 8-device mesh."""
+"""Exact sizes from configs alone, the same logits on a sharded 8-device mesh, and placement."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxalign.models import Transformer, init_params
+from jaxalign.models import Transformer, init_params, place_params
 from jaxalign.models.hf import load_hf
 from jaxalign.models.presets import preset
 from jaxalign.models.sizing import abstract_mesh, param_bytes_per_device, param_count
-from jaxalign.sharding import batch_sharding, make_mesh
+from jaxalign.sharding import batch_sharding, make_mesh, place
+from jaxalign.train import trainer
 from tests.models.hf_tiny import left_padded_batch, make_hf_model
 
 
@@ -53,3 +54,25 @@ def test_sharded_load_and_forward_match_single_device(family, tmp_path):
     inputs = [jax.device_put(jnp.asarray(x), batch_sharding(mesh)) for x in (tokens, positions, mask)]
     got, _, _ = fwd({"params": sharded}, *inputs)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0)
+
+
+PLACE = {  # case: (logical axes, mesh kwargs or None, spec of leaf "w" [8, 4] or None: one device)
+    "logical_axes": ({"w": ("embed", "mlp"), "b": ("mlp",)}, dict(fsdp=4, model=2),
+                     ("fsdp", "model")),
+    "replicated": (None, dict(fsdp=8), ()),
+    "no_mesh": ({"w": ("embed", "mlp"), "b": ("mlp",)}, None, None),
+}
+
+
+@pytest.mark.parametrize("axes,mesh_kw,spec", PLACE.values(), ids=PLACE.keys())
+def test_place_puts_host_and_device_trees_on_the_mesh(axes, mesh_kw, spec):
+    assert trainer.place_params is place_params  # one copy, still importable from the trainer
+    mesh = make_mesh(**mesh_kw) if mesh_kw else None
+    tree = {"w": np.arange(32, dtype=np.float64).reshape(8, 4), "b": np.ones(4, np.float32)}
+    for src in (tree, jax.device_put(tree)):  # numpy on the host, or arrays already on a device
+        out = place(src, axes, mesh)
+        assert out["w"].dtype == jnp.float32 and np.array_equal(out["w"], tree["w"])
+        if spec is None:
+            assert out["w"].sharding == jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        else:
+            assert out["w"].sharding.spec == jax.sharding.PartitionSpec(*spec)

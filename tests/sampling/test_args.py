@@ -173,3 +173,26 @@ def test_bad_reward_model_raises_at_construction(llama, rm, tokenizer):
     with pytest.raises(ValueError, match="reward model's vocabulary"):
         s(prompt_ids=[[5, 50]], k=3)
     assert dict(loop.TRACES) == before
+
+
+@pytest.mark.parametrize("make,call,match", [
+    ("plain", dict(k=3), "no reward model"),
+    ("plain", dict(w=1.0), "no reward model"),
+    ("args", dict(w=1.0, guide_weights=[1.0]), "w .* or guide_weights, not both"),
+    ("args", dict(guide_weights=[1.0, 2.0]), "expected 1 values"),
+    ("both", {}, "guides .* or reward .*, not both"),
+], ids=["plain-k", "plain-w", "args-w-and-guide_weights", "args-two-weights", "guides-and-reward"])
+def test_one_sampler_refuses_mixed_strategy_arguments(llama, rm, searcher, make, call, match):
+    """ARGS's k and w need a reward model; its runtime control is one weight; GenARM's guides
+    and ARGS's reward model do not mix. All before tracing."""
+    from jaxalign.reward import ScalarRewardStep
+    from jaxalign.sampling import GuideModel, RewardGuide
+    cfg, params = llama
+    before = dict(loop.TRACES)
+    with pytest.raises(ValueError, match=match):
+        if make == "both":
+            Sampler(cfg, params, guides=[GuideModel(cfg, params)],
+                    reward=RewardGuide(ScalarRewardStep(cfg), rm))
+        sampler = Sampler(cfg, params, stop_ids=()) if make == "plain" else searcher
+        sampler(prompt_ids=PROMPTS, **call)
+    assert dict(loop.TRACES) == before
