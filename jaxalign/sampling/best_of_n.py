@@ -6,7 +6,7 @@
 
 The baseline GenARM and ARGS are compared with at equal reward model: its cost is n full
 completions per prompt plus n reward-model passes, where ARGS pays k reward-model tokens per
-step. `score_fn(prompts, completions) -> [P * n]` is the grow step's: every prompt repeated for
+step. `score_fn(prompts, completions) -> [N * K]` is the grow step's: every prompt repeated for
 its n consecutive completions (prompt-major), completions as texts (stop token excluded) when
 the sampler has a tokenizer, else as token id lists (stop token excluded as well).
 """
@@ -24,15 +24,15 @@ from jaxalign.sampling.sampler import Sampler
 
 @dataclasses.dataclass
 class BestOfN:
-    """The best of n completions of each of P prompts; N = max_new_tokens."""
+    """The best of n completions of each of N prompts; T = max_new_tokens."""
 
-    tokens: np.ndarray  # [P, N] int32: the best completion, pad_id after its end
-    lengths: np.ndarray  # [P] int32, the stop token included
-    index: np.ndarray  # [P] int64: which of the n samples (the first of equal scores)
-    scores: np.ndarray  # [P] float32: its score
-    all_scores: np.ndarray  # [P, n] float32: every sample's score
+    tokens: np.ndarray  # [N, T] int32: the best completion, pad_id after its end
+    lengths: np.ndarray  # [N] int32, the stop token included
+    index: np.ndarray  # [N] int64: which of the n samples (the first of equal scores)
+    scores: np.ndarray  # [N] float32: its score
+    all_scores: np.ndarray  # [N, K] float32: every sample's score
     texts: list[str] | None  # the best completions' texts (without a tokenizer: None)
-    samples: SampleOutput  # all P x n samples
+    samples: SampleOutput  # all N x K samples
 
 
 def completions(out: SampleOutput) -> list:

@@ -86,10 +86,10 @@ class Settings:
 @flax.struct.dataclass
 class State:
     step: jax.Array  # [] int32: tokens produced so far by every row (= next column to write)
-    tokens: jax.Array  # [R, N] int32: generated tokens, pad_id after a row ends
-    logprobs: jax.Array  # [R, N] float32: under the sampling distribution (0 after the end)
-    model_logprobs: jax.Array  # [R, N] float32: under the unmodified policy
-    guide_logprobs: jax.Array  # [R, G, N] float32: log pi_r_i of the token under guide i
+    tokens: jax.Array  # [R, T] int32: generated tokens, pad_id after a row ends
+    logprobs: jax.Array  # [R, T] float32: under the sampling distribution (0 after the end)
+    model_logprobs: jax.Array  # [R, T] float32: under the unmodified policy
+    guide_logprobs: jax.Array  # [R, G, T] float32: log pi_r_i of the token under guide i
     lengths: jax.Array  # [R] int32: tokens generated, the stop token included
     done: jax.Array  # [R] bool
     stopped: jax.Array  # [R] bool: ended on a stop id (else: budget or cache exhausted)
@@ -169,7 +169,7 @@ def initial_state(prompt_ids_B, budget_B, mask_BxP, seed, caches: tuple, setting
                   num_guides: int = 0) -> State:
     """The state before the first token: R = B * n rows, prompt-major, each row's key
     fold_in(fold_in(key(seed), prompt_id), sample_index) (the reproducibility contract)."""
-    n, N = settings.n, settings.max_new_tokens
+    n, T = settings.n, settings.max_new_tokens
     R = prompt_ids_B.shape[0] * n
     sample_idx_R = jnp.tile(jnp.arange(n, dtype=jnp.uint32), R // n)
     fold = jax.vmap(jax.random.fold_in)
@@ -178,10 +178,10 @@ def initial_state(prompt_ids_B, budget_B, mask_BxP, seed, caches: tuple, setting
     budget_R = _rows(budget_B, n)
     return State(
         step=jnp.zeros((), jnp.int32),
-        tokens=jnp.full((R, N), settings.pad_id, jnp.int32),
-        logprobs=jnp.zeros((R, N), jnp.float32),
-        model_logprobs=jnp.zeros((R, N), jnp.float32),
-        guide_logprobs=jnp.zeros((R, num_guides, N), jnp.float32),
+        tokens=jnp.full((R, T), settings.pad_id, jnp.int32),
+        logprobs=jnp.zeros((R, T), jnp.float32),
+        model_logprobs=jnp.zeros((R, T), jnp.float32),
+        guide_logprobs=jnp.zeros((R, num_guides, T), jnp.float32),
         lengths=jnp.zeros((R,), jnp.int32),
         done=budget_R <= 0,
         stopped=jnp.zeros((R,), bool),
@@ -206,8 +206,8 @@ def _prefill(params, controls, tokens_BxP, mask_BxP, prompt_ids_B, budget_B, see
     """Runs the strategy's models over the left-padded prompts and chooses each row's first
     token."""
     TRACES["prefill"] += 1
-    P, n, N = tokens_BxP.shape[1], settings.n, settings.max_new_tokens
-    S = P + N - 1  # the last token chosen is never fed back
+    P, n, T = tokens_BxP.shape[1], settings.n, settings.max_new_tokens
+    S = P + T - 1  # the last token chosen is never fed back
     out, caches = strategy.prefill(params, tokens_BxP, positions_from_mask(mask_BxP), mask_BxP, S)
     caches = tuple(c.map_rows(lambda x, axis: _rows(x, n, axis)) for c in caches)
     state = initial_state(prompt_ids_B, budget_B, mask_BxP, seed, caches, settings,

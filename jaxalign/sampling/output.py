@@ -1,4 +1,4 @@
-"""What the Sampler returns: completions of P prompts, n samples each, as numpy arrays."""
+"""What the Sampler returns: completions of N prompts, K = n samples each, as numpy arrays."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ import numpy as np
 
 @dataclasses.dataclass
 class SampleOutput:
-    """Completions of P prompts, n samples each; G guides (0: unguided); N tokens per
+    """Completions of N prompts, K = n samples each; G guides (0: unguided); T tokens per
     completion at most: min(max_new_tokens, the sampler's max_len - 1)."""
 
-    tokens: np.ndarray  # [P, n, N] int32, pad_id after each completion's end
-    lengths: np.ndarray  # [P, n] int32, the stop token included
-    logprobs: np.ndarray  # [P, n, N] float32 under the sampling distribution, 0 after the end
-    model_logprobs: np.ndarray  # [P, n, N] float32 under the unmodified policy
-    # [P, n, G, N] float32: log pi_r_i(y_t | x, y_<t) of each token under guide i, normalised
-    # over the vocabulary the models share; 0 after the end. [P, n, 0, N] without guides.
+    tokens: np.ndarray  # [N, K, T] int32, pad_id after each completion's end
+    lengths: np.ndarray  # [N, K] int32, the stop token included
+    logprobs: np.ndarray  # [N, K, T] float32 under the sampling distribution, 0 after the end
+    model_logprobs: np.ndarray  # [N, K, T] float32 under the unmodified policy
+    # [N, K, G, T] float32: log pi_r_i(y_t | x, y_<t) of each token under guide i, normalised
+    # over the vocabulary the models share; 0 after the end. [N, K, 0, T] without guides.
     guide_logprobs: np.ndarray
-    stop_reason: np.ndarray  # [P, n] "stop" (ended on a stop id) or "length" (budget / cache)
+    stop_reason: np.ndarray  # [N, K] "stop" (ended on a stop id) or "length" (budget / cache)
     # decoded without the stop token, as the text continues the prompt's (`completion_text`:
     # prompt + text re-tokenises to prompt + completion); None without a tokenizer
     texts: list[list[str]] | None
@@ -31,7 +31,7 @@ class SampleOutput:
         return int(self.lengths.sum())
 
     def guide_rewards(self) -> np.ndarray:
-        """[P, n, G] float32: each guide's GenARM reward r_i(x, y) = sum_t log pi_r_i(y_t | .)."""
+        """[N, K, G] float32: each guide's GenARM reward r_i(x, y) = sum_t log pi_r_i(y_t | .)."""
         return self.guide_logprobs.sum(-1)
 
     @staticmethod

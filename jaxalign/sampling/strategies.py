@@ -154,12 +154,12 @@ class RewardStep(Protocol):
         """
 
 
-def args_scores(z_RxV, cand_RxK, r_RxK, w, vocab_size: int):
+def args_scores(z_RxV, cand_RxA, r_RxA, w, vocab_size: int):
     """ARGS eq. (2) on the vocabulary: z + w * r on the candidates, -inf on every other token."""
     R = z_RxV.shape[0]
-    s_RxK = jnp.take_along_axis(z_RxV, cand_RxK, axis=-1) + w * r_RxK.astype(jnp.float32)
+    s_RxA = jnp.take_along_axis(z_RxV, cand_RxA, axis=-1) + w * r_RxA.astype(jnp.float32)
     s_RxV = jnp.full(z_RxV.shape, selection.NEG_INF, jnp.float32)
-    return selection.mask_vocab(s_RxV.at[jnp.arange(R)[:, None], cand_RxK].set(s_RxK),
+    return selection.mask_vocab(s_RxV.at[jnp.arange(R)[:, None], cand_RxA].set(s_RxA),
                                 vocab_size)
 
 
@@ -199,18 +199,18 @@ class TopKReward:
 
     def scores(self, params, w, state, z_RxV, settings) -> Scores:
         live_R = ~state.done
-        R, K = z_RxV.shape[0], self.k
-        _, cand_RxK = jax.lax.top_k(selection.mask_vocab(z_RxV, settings.vocab_size), K)
-        pos_RxK = jnp.broadcast_to(
-            jnp.where(live_R, state.prompt_lengths + state.step, 0)[:, None], (R, K))
-        r_RxK, r_cache = self.reward(params[1], cand_RxK, pos_RxK,
-                                     jnp.broadcast_to(live_R[:, None], (R, K)), state.caches[1],
+        R, A = z_RxV.shape[0], self.k
+        _, cand_RxA = jax.lax.top_k(selection.mask_vocab(z_RxV, settings.vocab_size), A)
+        pos_RxA = jnp.broadcast_to(
+            jnp.where(live_R, state.prompt_lengths + state.step, 0)[:, None], (R, A))
+        r_RxA, r_cache = self.reward(params[1], cand_RxA, pos_RxA,
+                                     jnp.broadcast_to(live_R[:, None], (R, A)), state.caches[1],
                                      candidates=True)
-        return Scores(args_scores(z_RxV, cand_RxK, r_RxK, w[0], settings.vocab_size), z_RxV,
-                      valid_R=valid_logits(z_RxV) & jnp.isfinite(r_RxK).all(-1),
-                      extra=(cand_RxK, r_cache))
+        return Scores(args_scores(z_RxV, cand_RxA, r_RxA, w[0], settings.vocab_size), z_RxV,
+                      valid_R=valid_logits(z_RxV) & jnp.isfinite(r_RxA).all(-1),
+                      extra=(cand_RxA, r_cache))
 
     def commit(self, params, caches, scores: Scores, tok_R, live_R):
-        cand_RxK, r_cache = scores.extra
-        choice_R = jnp.argmax(cand_RxK == tok_R[:, None], axis=-1)  # a finished row: any slot
+        cand_RxA, r_cache = scores.extra
+        choice_R = jnp.argmax(cand_RxA == tok_R[:, None], axis=-1)  # a finished row: any slot
         return caches[0], commit_candidate(r_cache, choice_R, live_R)
