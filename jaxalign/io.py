@@ -116,6 +116,20 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
+def read_json_object(path: str | os.PathLike, error: type[Exception] = ValueError,
+                     what: str = "a JSON object") -> dict:
+    """The JSON object in the file at `path`; invalid JSON or another kind of value is `error`
+    naming the file (`what` says what was expected)."""
+    try:
+        with open(path, "rb") as fh:
+            obj = json.loads(fh.read())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{os.fspath(path)}: not valid JSON ({e})") from e
+    if not isinstance(obj, dict):
+        raise error(f"{os.fspath(path)}: expected {what}, got a {type(obj).__name__}")
+    return obj
+
+
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

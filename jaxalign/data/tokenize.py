@@ -27,12 +27,12 @@ and carry scalar columns (batching.py).
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import numpy as np
 
+from jaxalign import io
 from jaxalign.data.errors import DataError
 
 TRUNCATION_MODES = ("keep_end", "keep_start")
@@ -69,13 +69,9 @@ def _diagnose_tokenizer(directory: str, found: list[str], err: Exception) -> Non
         if name not in found:
             continue
         try:
-            with open(path, "rb") as fh:
-                obj = json.loads(fh.read())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from err
-        if not isinstance(obj, dict):
-            raise ValueError(f"{path}: expected a JSON object, got a {type(obj).__name__}") \
-                from err
+            io.read_json_object(path)
+        except ValueError as e:
+            raise ValueError(str(e)) from err  # the file named; the loader's error as cause
     if "tokenizer.json" in found:
         from tokenizers import Tokenizer
         path = os.path.join(directory, "tokenizer.json")

@@ -7,11 +7,11 @@ not implemented is refused with the offending field named; unrelated keys are ig
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any
 
+from jaxalign import io
 from jaxalign.models.config import ModelConfig, RopeScaling
 
 SUPPORTED = ("llama", "mistral", "qwen2", "gpt2")
@@ -28,15 +28,7 @@ def read_hf_config(directory: str) -> dict[str, Any]:
     path = os.path.join(directory, "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no config.json in the checkpoint directory")
-    with open(path, "rb") as fh:
-        try:
-            d = json.loads(fh.read())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(d, dict):
-        raise ConfigError(f"{path}: expected a JSON object of model settings, got a "
-                          f"{type(d).__name__}")
-    return d
+    return io.read_json_object(path, ConfigError, "a JSON object of model settings")
 
 
 # ---- typed fields: a wrong type is named here, not found later deep inside JAX -------------

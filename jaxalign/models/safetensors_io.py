@@ -145,14 +145,7 @@ class SafetensorsFile:
 
 def _read_index(path: str) -> dict[str, str]:
     """The weight_map {tensor name: shard file} of a model.safetensors.index.json, checked."""
-    try:
-        with open(path, "rb") as fh:
-            index = json.loads(fh.read())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(index, dict):
-        raise CheckpointError(f"{path}: expected a JSON object with a 'weight_map', got a "
-                              f"{type(index).__name__}")
+    index = io.read_json_object(path, CheckpointError, "a JSON object with a 'weight_map'")
     if "weight_map" not in index:
         raise CheckpointError(f"{path}: missing field 'weight_map' "
                               "({tensor name: shard file})")
