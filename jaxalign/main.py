@@ -19,9 +19,10 @@ from typing import Callable, NamedTuple
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxalign.algorithms import run_dpo, run_rest, run_reward
+from jaxalign.algorithms import run_dpo, run_rest, run_reward, run_sppo
 from jaxalign.gym import frontier, genarm
 from jaxalign.gym import rest as rest_gym
+from jaxalign.gym import sppo as sppo_gym
 
 
 class Runner(NamedTuple):
@@ -40,12 +41,14 @@ RUNNERS = {
     # GenARM's autoregressive reward model: preference pairs, loss genarm.arm, no reference
     "arm": Runner(run_dpo.run, run_dpo.dry_run),
     "rest": Runner(run_rest.run, run_rest.dry_run),  # ReST from files: policy, RM, SFT data
+    "sppo": Runner(run_sppo.run, run_sppo.dry_run),  # SPPO from files: policy, RM, prompt splits
     "reward_bt": Runner(run_reward.run, no_dry_run=(  # a Bradley-Terry scalar reward model
         "the reward-model runner has no abstract build yet; its :smoke config trains in "
         "seconds")),
     "dpo_frontier": Runner(frontier.run, no_dry_run=GYM),  # the gym's DPO reward-vs-KL frontier
     "genarm_gym": Runner(genarm.run, no_dry_run=GYM),  # the gym's GenARM guided-decoding study
     "rest_gym": Runner(rest_gym.run, no_dry_run=GYM),  # ReST's Table 1 on the gym
+    "sppo_gym": Runner(sppo_gym.run, no_dry_run=GYM),  # SPPO vs iterative DPO on the gym
 }
 
 

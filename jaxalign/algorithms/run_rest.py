@@ -197,13 +197,15 @@ def run(config) -> dict:
 # ---- dry run ----
 
 @dataclasses.dataclass(frozen=True)
-class RestMemory:
-    """Per-device bytes of a ReST run: the train step's, plus what lives beside it."""
+class LoopMemory:
+    """Per-device bytes of a sample-score-train loop (ReST, SPPO): the train step's, plus what
+    lives beside it."""
 
     train: MemoryEstimate  # params, optimizer, gradients, activations of the train step
-    policy_copies: int  # POLICY_COPIES copies of the policy's params outside the train state
-    reward_params: int  # the frozen reward model
-    kv_cache: int  # the sampler's cache: the larger of a grow batch and the held-out batch
+    policy_copies: int  # `copies` copies of the policy's params outside the train state
+    reward_params: int  # the frozen reward (or preference) model
+    kv_cache: int  # the sampler's cache: the largest batch it samples
+    copies: int = POLICY_COPIES
 
     @property
     def total(self) -> int:
@@ -214,7 +216,7 @@ class RestMemory:
         gib = lambda b: f"{b / 2**30:8.2f} GiB"  # noqa: E731
         rows = [(k, gib(getattr(self.train, k))) for k in
                 ("params", "optimizer", "gradients", "activations")]
-        rows += [("policy x" + str(POLICY_COPIES), gib(self.policy_copies)),
+        rows += [("policy x" + str(self.copies), gib(self.policy_copies)),
                  ("reward", gib(self.reward_params)), ("kv cache", gib(self.kv_cache)),
                  ("total", gib(self.total))]
         if device_bytes:
@@ -236,13 +238,13 @@ def kv_cache_bytes(cfg, rows: int, max_len: int, mesh) -> int:
     return int(total * -(-rows // dp) / rows)
 
 
-def memory_estimate(config, cfg, rcfg, optimizer, mesh) -> RestMemory:
+def memory_estimate(config, cfg, rcfg, optimizer, mesh) -> LoopMemory:
     s, d = rest_settings(config.rest), config.data
     held_rows = d.get("eval_rows", 0) * s.eval_samples  # all held-out prompts: one batch
     grow_rows = s.sample_batch * s.samples
     reward = (param_bytes_per_device(backbone_config(rcfg), mesh)
               + rcfg.hidden_size * np.dtype(rcfg.param_dtype).itemsize)
-    return RestMemory(
+    return LoopMemory(
         train=estimate_training_memory(cfg, optimizer, mesh=mesh, micro_batch=config.batch_size,
                                        seq_len=d.max_length, pairs=False,
                                        reference_on_the_fly=False),

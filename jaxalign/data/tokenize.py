@@ -36,6 +36,25 @@ from jaxalign import io
 from jaxalign.data.errors import DataError
 
 TRUNCATION_MODES = ("keep_end", "keep_start")
+
+# Gemma-2-IT's chat template, verbatim from google/gemma-2-9b-it's tokenizer_config.json (the
+# 2b and 27b IT models carry the same): BOS first, "<start_of_turn>user\n...<end_of_turn>\n",
+# the assistant's role named "model", no system role (raises), roles must alternate. Its
+# turns end with <end_of_turn> (id 107 in the real vocabulary), which generation_config.json
+# lists as a stop id beside <eos> (eos_token_id [1, 107]).
+GEMMA2_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}"
+    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}"
+    "{% else %}{% set role = message['role'] %}{% endif %}"
+    "{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{'<start_of_turn>model\\n'}}{% endif %}"
+)
 _TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "added_tokens.json")
 

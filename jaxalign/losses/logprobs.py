@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxalign.losses import _checks
@@ -46,22 +47,26 @@ def _acc_dtype(*arrays):
     return jnp.result_type(jnp.float32, *arrays)
 
 
-def _chunk_logits(h_BxCxD, unembed_DxV, bias_V):
+def _chunk_logits(h_BxCxD, unembed_DxV, bias_V, softcap):
     dtype = _acc_dtype(h_BxCxD, unembed_DxV, bias_V)
     logits_BxCxV = jnp.einsum("bcd,dv->bcv", h_BxCxD, unembed_DxV, preferred_element_type=dtype)
-    return logits_BxCxV + bias_V.astype(dtype)
+    logits_BxCxV = logits_BxCxV + bias_V.astype(dtype)
+    if softcap is not None:  # Gemma-2's final soft-cap: cap * tanh(logits / cap)
+        logits_BxCxV = softcap * jnp.tanh(logits_BxCxV / softcap)
+    return logits_BxCxV
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _chunked_logprobs(hidden_NxBxCxD, unembed_DxV, bias_V, targets_NxBxC, vocab_block):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _chunked_logprobs(hidden_NxBxCxD, unembed_DxV, bias_V, targets_NxBxC, vocab_block, softcap):
     return _chunked_logprobs_fwd(hidden_NxBxCxD, unembed_DxV, bias_V, targets_NxBxC,
-                                 vocab_block)[0]
+                                 vocab_block, softcap)[0]
 
 
-def _chunked_logprobs_fwd(hidden_NxBxCxD, unembed_DxV, bias_V, targets_NxBxC, vocab_block):
+def _chunked_logprobs_fwd(hidden_NxBxCxD, unembed_DxV, bias_V, targets_NxBxC, vocab_block,
+                          softcap):
     def chunk(args):
         h_BxCxD, t_BxC = args
-        logits_BxCxV = _chunk_logits(h_BxCxD, unembed_DxV, bias_V)
+        logits_BxCxV = _chunk_logits(h_BxCxD, unembed_DxV, bias_V, softcap)
         lse_BxC = jax.nn.logsumexp(logits_BxCxV, axis=-1)
         target_BxC = jnp.take_along_axis(logits_BxCxV, t_BxC[..., None], axis=-1)[..., 0]
         return target_BxC - lse_BxC, lse_BxC
@@ -88,17 +93,20 @@ def _add_weight_grad(dW_DxV, h_BxCxD, dlogits_BxCxV, vocab_block):
     return dW_DxV
 
 
-def _chunked_logprobs_bwd(vocab_block, residuals, g_NxBxC):
+def _chunked_logprobs_bwd(vocab_block, softcap, residuals, g_NxBxC):
     hidden_NxBxCxD, unembed_DxV, bias_V, targets_NxBxC, lse_NxBxC = residuals
     V = unembed_DxV.shape[1]
 
     def chunk(carry, args):
         dW_DxV, db_V = carry
         h_BxCxD, t_BxC, lse_BxC, g_BxC = args
-        logits_BxCxV = _chunk_logits(h_BxCxD, unembed_DxV, bias_V)  # recomputed, not stored
+        # recomputed, not stored
+        logits_BxCxV = _chunk_logits(h_BxCxD, unembed_DxV, bias_V, softcap)
         probs_BxCxV = jnp.exp(logits_BxCxV - lse_BxC[..., None])
         onehot_BxCxV = jax.nn.one_hot(t_BxC, V, dtype=probs_BxCxV.dtype)
         dlogits_BxCxV = g_BxC[..., None] * (onehot_BxCxV - probs_BxCxV)
+        if softcap is not None:  # d(cap tanh(x / cap))/dx = 1 - tanh^2 = 1 - (capped / cap)^2
+            dlogits_BxCxV = dlogits_BxCxV * (1 - jnp.square(logits_BxCxV / softcap))
         dh_BxCxD = jnp.einsum("bcv,dv->bcd", dlogits_BxCxV, unembed_DxV,
                               preferred_element_type=dlogits_BxCxV.dtype)
         dW_DxV = _add_weight_grad(dW_DxV, h_BxCxD, dlogits_BxCxV, vocab_block)
@@ -122,8 +130,11 @@ def token_logprobs_from_hidden(
     bias_V: Float[Array, "V"] | None = None,
     chunk_size: int = 128,
     vocab_block: int = 8192,
+    softcap: float | None = None,
 ) -> Float[Array, "B T"]:
-    """`token_logprobs(logits = hidden @ unembed + bias)` without materialising [B, T, V].
+    """`token_logprobs(logits = hidden @ unembed + bias)` without materialising [B, T, V];
+    with `softcap`, of `softcap * tanh(logits / softcap)` (Gemma-2's final soft-cap), applied
+    per chunk in the forward and the backward pass.
 
     The sequence is split into chunks of `chunk_size` positions (padded at the end); each chunk
     computes its [B, chunk, V] logits in float32, reduces them to [B, chunk] and drops them. The
@@ -149,6 +160,12 @@ def token_logprobs_from_hidden(
         raise ValueError(f"bias_V {list(bias_V.shape)} must be [V] = [{V}].")
     _checks.check_positive("chunk_size", chunk_size)
     _checks.check_positive("vocab_block", vocab_block)
+    if softcap is not None:  # static: one of the custom VJP's nondiff arguments
+        if isinstance(softcap, bool) or not isinstance(softcap, (int, float, np.number)):
+            raise ValueError(f"softcap must be a Python number (static) or None, got "
+                             f"{type(softcap).__name__}")
+        _checks.check_positive("softcap", softcap)
+        softcap = float(softcap)
 
     C = min(chunk_size, T)
     N = -(-T // C)  # number of chunks
@@ -158,7 +175,7 @@ def token_logprobs_from_hidden(
     if bias_V is None:
         bias_V = jnp.zeros((V,), unembed_DxV.dtype)
     logps_NxBxC = _chunked_logprobs(
-        hidden_BxNxCxD.swapaxes(0, 1), unembed_DxV, bias_V, targets_NxBxC, vocab_block)
+        hidden_BxNxCxD.swapaxes(0, 1), unembed_DxV, bias_V, targets_NxBxC, vocab_block, softcap)
     return logps_NxBxC.swapaxes(0, 1).reshape(B, N * C)[:, :T]
 
 
@@ -205,12 +222,14 @@ def shifted_token_logprobs_from_hidden(
     bias_V: Float[Array, "V"] | None = None,
     chunk_size: int = 128,
     vocab_block: int = 8192,
+    softcap: float | None = None,
 ) -> tuple[Float[Array, "B T-1"], Bool[Array, "B T-1"]]:
-    """`shifted_token_logprobs` from hidden states, memory-lean (see the module docstring)."""
+    """`shifted_token_logprobs` from hidden states, memory-lean (see the module docstring);
+    `softcap`: the logits are soft-capped first (`token_logprobs_from_hidden`)."""
     targets_BxT, mask_BxT = _next_token_targets(tokens_BxT, completion_mask_BxT)
     logps_BxT = token_logprobs_from_hidden(
         hidden_BxTxD=hidden_BxTxD, unembed_DxV=unembed_DxV, targets_BxT=targets_BxT,
-        bias_V=bias_V, chunk_size=chunk_size, vocab_block=vocab_block)
+        bias_V=bias_V, chunk_size=chunk_size, vocab_block=vocab_block, softcap=softcap)
     return jnp.where(mask_BxT, logps_BxT, 0.0)[:, :-1], mask_BxT[:, :-1]
 
 

@@ -145,6 +145,7 @@ def pair_loss(name: str, *, uses: tuple[str, ...] = (), arrays: tuple[str, ...] 
             return fn(p, **{**hp, scale: value})
 
         loss.__signature__ = signature
+        loss.arrays = tuple(arrays)  # per-example inputs a batch must carry (objectives read)
         return loss
 
     return wrap

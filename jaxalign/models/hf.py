@@ -1,6 +1,6 @@
 """Load Hugging Face checkpoints into jaxalign params, and export params back.
 
-    cfg, params = load_hf("/path/to/Mistral-7B-v0.1", mesh=make_mesh(fsdp=8))
+    cfg, params = load_hf("/path/to/Mistral-7B-v0.1", mesh=make_mesh(fsdp=8))  # or Gemma-2...
     save_hf("/tmp/out", cfg, params)           # transformers' from_pretrained loads it
 
 Loading is tensor by tensor: every parameter is built with `jax.make_array_from_callback`
@@ -51,13 +51,20 @@ class Source:
         return shape[:-1] + (self.cols[2],) if self.cols else shape
 
 
-def _llama_source(path: tuple[str, ...]) -> Source:
+_NORMS = {"attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
+# Gemma-2 (`post_norms`): HF's post_attention_layernorm is the norm AFTER attention.
+_SANDWICH_NORMS = {"attn_norm": "input_layernorm", "post_attn_norm": "post_attention_layernorm",
+                   "mlp_norm": "pre_feedforward_layernorm",
+                   "post_mlp_norm": "post_feedforward_layernorm"}
+
+
+def _llama_source(path: tuple[str, ...], post_norms: bool = False) -> Source:
     top = {("embed", "embedding"): Source("model.embed_tokens.weight"),
            ("final_norm", "scale"): Source("model.norm.weight"),
-           ("lm_head", "kernel"): Source("lm_head.weight", transpose=True),
-           ("layers", "attn_norm", "scale"): Source("model.layers.{i}.input_layernorm.weight"),
-           ("layers", "mlp_norm", "scale"):
-               Source("model.layers.{i}.post_attention_layernorm.weight")}
+           ("lm_head", "kernel"): Source("lm_head.weight", transpose=True)}
+    norms = _SANDWICH_NORMS if post_norms else _NORMS
+    top.update({("layers", ours, "scale"): Source(f"model.layers.{{i}}.{hf}.weight")
+                for ours, hf in norms.items()})
     if path in top:
         return top[path]
     _, block, proj, kind = path
@@ -87,7 +94,7 @@ def tensor_sources(cfg: ModelConfig, gpt2_prefix: str = "transformer.") -> dict:
     paths = flatten_paths(param_shapes(cfg))
     if cfg.is_gpt2:
         return {p: _gpt2_source(p, cfg.hidden_size, gpt2_prefix) for p in paths}
-    return {p: _llama_source(p) for p in paths}
+    return {p: _llama_source(p, cfg.post_norms) for p in paths}
 
 
 def _names(src: Source, stacked: bool, n: int) -> list[str]:

@@ -12,11 +12,21 @@ import os
 from typing import Any
 
 from jaxalign import io
-from jaxalign.models.config import ModelConfig, RopeScaling
+from jaxalign.models.config import LAYER_TYPES, ModelConfig, RopeScaling
 
-SUPPORTED = ("llama", "mistral", "qwen2", "gpt2")
+SUPPORTED = ("llama", "mistral", "qwen2", "gpt2", "gemma2")
 _ARCH = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-         "qwen2": "Qwen2ForCausalLM", "gpt2": "GPT2LMHeadModel"}
+         "qwen2": "Qwen2ForCausalLM", "gpt2": "GPT2LMHeadModel", "gemma2": "Gemma2ForCausalLM"}
+# transformers' Gemma2Config defaults, for keys a config.json leaves out (null stays null).
+_GEMMA2_DEFAULTS = dict(
+    head_dim=256, max_position_embeddings=8192, hidden_activation="gelu_pytorch_tanh",
+    query_pre_attn_scalar=256, sliding_window=4096, final_logit_softcapping=30.0,
+    attn_logit_softcapping=50.0, tie_word_embeddings=True, pad_token_id=0, eos_token_id=1,
+    bos_token_id=2)
+# ModelConfig switches only Gemma-2's config.json can express (their Llama-like defaults).
+_GEMMA2_SWITCHES = dict(layer_types=None, attn_logit_softcap=None, final_logit_softcap=None,
+                        query_pre_attn_scalar=None, hidden_activation="silu",
+                        norm_unit_offset=False, post_norms=False, scale_embeddings=False)
 
 
 class ConfigError(ValueError):
@@ -114,6 +124,43 @@ def _require(d: dict, key: str, where: str):
     return _field(d, key, where, "pos_int")
 
 
+def _layer_types(d: dict, where: str, num_layers: int) -> tuple[str, ...]:
+    """Gemma-2's `layer_types`, checked; missing: alternating, starting with a sliding layer
+    (transformers' default)."""
+    types = d.get("layer_types")
+    if types is None:
+        return tuple("sliding_attention" if i % 2 == 0 else "full_attention"
+                     for i in range(num_layers))
+    if not isinstance(types, list):
+        raise ConfigError(f"{where}: field 'layer_types' must be a list of {LAYER_TYPES}, got "
+                          f"{types!r}")
+    bad = sorted({repr(t) for t in types if t not in LAYER_TYPES})
+    if bad:
+        raise ConfigError(f"{where}: field 'layer_types' has unknown entries {', '.join(bad)} "
+                          f"(expected each of {LAYER_TYPES})")
+    if len(types) != num_layers:
+        raise ConfigError(f"{where}: field 'layer_types' has {len(types)} entries for "
+                          f"num_hidden_layers={num_layers} (one per layer)")
+    return tuple(types)
+
+
+def _gemma2_fields(d: dict, where: str) -> dict[str, Any]:
+    """The Gemma-2 switches of ModelConfig from a (defaults-filled) gemma2 config.json."""
+    act = d.get("hidden_activation")
+    if act != "gelu_pytorch_tanh":
+        raise ConfigError(f"{where}: hidden_activation {act!r} is not supported for gemma2 "
+                          "(expected 'gelu_pytorch_tanh')")
+    if _field(d, "use_bidirectional_attention", where, "bool", False):
+        raise ConfigError(f"{where}: use_bidirectional_attention=true is not supported")
+    return dict(
+        layer_types=_layer_types(d, where, _require(d, "num_hidden_layers", where)),
+        sliding_window=_field(d, "sliding_window", where, "pos_int", None),
+        attn_logit_softcap=_field(d, "attn_logit_softcapping", where, "pos_float", None),
+        final_logit_softcap=_field(d, "final_logit_softcapping", where, "pos_float", None),
+        query_pre_attn_scalar=_field(d, "query_pre_attn_scalar", where, "pos_float"),
+        hidden_activation=act, norm_unit_offset=True, post_norms=True, scale_embeddings=True)
+
+
 def config_from_hf(d: dict[str, Any], where: str = "config.json", **overrides) -> ModelConfig:
     """ModelConfig from a parsed config.json; `overrides` set execution fields (dtype, remat...).
 
@@ -125,6 +172,8 @@ def config_from_hf(d: dict[str, Any], where: str = "config.json", **overrides) -
     mt = d.get("model_type")
     if mt not in SUPPORTED:
         raise ConfigError(f"{where}: model_type {mt!r} is not supported (supported: {SUPPORTED})")
+    if mt == "gemma2":
+        d = {**_GEMMA2_DEFAULTS, **d}
     common = dict(bos_token_id=_field(d, "bos_token_id", where, "id", None),
                   pad_token_id=_pad_id(d, where),
                   eos_token_id=_eos_field(d, where),
@@ -152,8 +201,9 @@ def config_from_hf(d: dict[str, Any], where: str = "config.json", **overrides) -
             norm_eps=_field(d, "layer_norm_epsilon", where, "pos_float", 1e-5), qkv_bias=True,
             o_bias=True, mlp_bias=True, **common, **overrides)
     act = d.get("hidden_act", "silu")
-    if act != "silu":
+    if act != "silu" and mt != "gemma2":  # gemma2 reads hidden_activation (_gemma2_fields)
         raise ConfigError(f"{where}: hidden_act {act!r} is not supported (expected 'silu')")
+    gemma = _gemma2_fields(d, where) if mt == "gemma2" else {}
     if mt == "qwen2" and _field(d, "use_sliding_window", where, "bool", False):
         raise ConfigError(f"{where}: use_sliding_window=true is not supported for qwen2")
     theta, scaling = _rope(d, where)
@@ -170,11 +220,11 @@ def config_from_hf(d: dict[str, Any], where: str = "config.json", **overrides) -
         norm_eps=_field(d, "rms_norm_eps", where, "pos_float", 1e-6), rope_theta=theta,
         rope_scaling=scaling,
         sliding_window=(_field(d, "sliding_window", where, "pos_int", None)
-                        if mt == "mistral" else None),
+                        if mt == "mistral" else gemma.pop("sliding_window", None)),
         qkv_bias=True if mt == "qwen2" else attn_bias,
         o_bias=False if mt == "qwen2" else attn_bias,
         mlp_bias=_field(d, "mlp_bias", where, "bool", False) if mt == "llama" else False,
-        **common, **overrides)
+        **gemma, **common, **overrides)
 
 
 def _build(where: str, **fields) -> ModelConfig:
@@ -187,6 +237,11 @@ def _build(where: str, **fields) -> ModelConfig:
 def config_to_hf(cfg: ModelConfig, dtype: str) -> dict[str, Any]:
     """config.json in the transformers 5 style (`rope_parameters`, `dtype`)."""
     eos = list(cfg.eos_token_id) if isinstance(cfg.eos_token_id, tuple) else cfg.eos_token_id
+    if cfg.family != "gemma2":
+        odd = [k for k, v in _GEMMA2_SWITCHES.items() if getattr(cfg, k) != v]
+        if odd:
+            raise ConfigError(f"config_to_hf: a {cfg.family} config.json cannot express "
+                              f"{', '.join(odd)} (Gemma-2 switches; family='gemma2' can)")
     out: dict[str, Any] = dict(
         model_type=cfg.family, architectures=[_ARCH[cfg.family]], vocab_size=cfg.vocab_size,
         tie_word_embeddings=cfg.tie_word_embeddings, bos_token_id=cfg.bos_token_id,
@@ -210,6 +265,16 @@ def config_to_hf(cfg: ModelConfig, dtype: str) -> dict[str, Any]:
                intermediate_size=cfg.intermediate_size, head_dim=cfg.dim_per_head,
                max_position_embeddings=cfg.max_position_embeddings, rms_norm_eps=cfg.norm_eps,
                hidden_act="silu", rope_parameters=rope)
+    if cfg.family == "gemma2":
+        if cfg.qkv_bias != cfg.o_bias:
+            raise ConfigError("gemma2: qkv_bias and o_bias must agree (HF attention_bias)")
+        types = cfg.layer_types or ("sliding_attention",) * cfg.num_layers  # None: all windowed
+        out.update(hidden_act=cfg.hidden_activation, hidden_activation=cfg.hidden_activation,
+                   attention_bias=cfg.qkv_bias, sliding_window=cfg.sliding_window,
+                   layer_types=list(types),
+                   query_pre_attn_scalar=_number(cfg.query_pre_attn_scalar or cfg.dim_per_head),
+                   attn_logit_softcapping=cfg.attn_logit_softcap,
+                   final_logit_softcapping=cfg.final_logit_softcap)
     if cfg.family == "llama":
         if cfg.qkv_bias != cfg.o_bias:
             raise ConfigError("llama: qkv_bias and o_bias must agree (HF attention_bias)")
@@ -219,3 +284,8 @@ def config_to_hf(cfg: ModelConfig, dtype: str) -> dict[str, Any]:
     if cfg.family == "qwen2":
         out.update(use_sliding_window=False, sliding_window=None)
     return out
+
+
+def _number(x: float) -> int | float:
+    """An integral float as an int (transformers types query_pre_attn_scalar as int)."""
+    return int(x) if float(x).is_integer() else x

@@ -6,6 +6,7 @@ rotary angles are computed in float32 whatever the activation dtype.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -63,15 +64,20 @@ def _dense(cfg: ModelConfig, features: int, axes, use_bias: bool, name: str):
 
 
 class RMSNorm(nn.Module):
+    """x / rms(x) * w, or * (1 + w) with w initialised at 0 (`cfg.norm_unit_offset`, Gemma)."""
+
     cfg: ModelConfig
 
     @nn.compact
     def __call__(self, x):
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+        offset = self.cfg.norm_unit_offset
+        init = nn.initializers.zeros_init() if offset else nn.initializers.ones
+        scale = self.param("scale", nn.with_logical_partitioning(init, ("embed",)),
                            (x.shape[-1],), self.cfg.jnp_param_dtype)
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.cfg.norm_eps)
-        return (scale.astype(jnp.float32) * x32).astype(self.cfg.jnp_dtype)
+        w32 = scale.astype(jnp.float32)
+        return ((1.0 + w32 if offset else w32) * x32).astype(self.cfg.jnp_dtype)
 
 
 class LayerNorm(nn.Module):
@@ -96,9 +102,16 @@ def make_norm(cfg: ModelConfig, name: str) -> nn.Module:
     return LayerNorm(cfg, name=name) if cfg.is_gpt2 else RMSNorm(cfg, name=name)
 
 
-def decode_attention(q_Bx1xQxH, k_BxMxHxS, v_BxMxSxH, mask_Bx1x1xS):
+def softcap(x, cap: float | None):
+    """Gemma-2's soft-capping `cap * tanh(x / cap)` (identity when cap is None)."""
+    return x if cap is None else cap * jnp.tanh(x / cap)
+
+
+def decode_attention(q_Bx1xQxH, k_BxMxHxS, v_BxMxSxH, mask_Bx1x1xS, scale: float | None = None,
+                     cap: float | None = None):
     """Grouped-query attention of one new token over a layer's cache (`KVCache` layout):
-    `jax.nn.dot_product_attention` with T = 1, [B, 1, Q, H] out.
+    `jax.nn.dot_product_attention` with T = 1, [B, 1, Q, H] out. Scores are multiplied by
+    `scale` (None: H ** -0.5) and soft-capped at `cap` (None: not) before the mask.
 
     The E = Q / M queries of each KV head are grouped ([B, M, E, H]) and both products are
     plain batched matmuls over the cache as it lies: keys [B, M, H, S], values [B, M, S, H].
@@ -111,12 +124,32 @@ def decode_attention(q_Bx1xQxH, k_BxMxHxS, v_BxMxSxH, mask_Bx1x1xS):
     M = k_BxMxHxS.shape[1]
     q_BxMxExH = q_Bx1xQxH.reshape(B, M, Q // M, H)
     s_BxMxExS = jnp.einsum("bmeh,bmhs->bmes", q_BxMxExH, k_BxMxHxS,
-                           preferred_element_type=jnp.float32) * (H ** -0.5)
+                           preferred_element_type=jnp.float32) * (scale or H ** -0.5)
+    s_BxMxExS = softcap(s_BxMxExS, cap)
     s_BxMxExS = jnp.where(mask_Bx1x1xS[:, :, :1], s_BxMxExS, -jnp.inf)  # own slot always valid
     p_BxMxExS = jax.nn.softmax(s_BxMxExS, axis=-1).astype(v_BxMxSxH.dtype)
     out_BxMxExH = jnp.einsum("bmes,bmsh->bmeh", p_BxMxExS, v_BxMxSxH,
                              preferred_element_type=jnp.float32)
     return out_BxMxExH.reshape(B, 1, Q, H).astype(q_Bx1xQxH.dtype)
+
+
+def capped_attention(q_BxTxQxH, k_BxMxHxS, v_BxMxSxH, mask_Bx1xTxS, scale: float,
+                     cap: float | None):
+    """Grouped-query attention of T queries with soft-capped scores (Gemma-2), written out
+    because `jax.nn.dot_product_attention` has no soft-cap: scores `q.k * scale`, then
+    `cap * tanh(s / cap)`, then the mask, softmax in float32 (transformers' eager attention).
+    Keys and values in the `KVCache` layout; [B, T, Q, H] out."""
+    B, T, Q, H = q_BxTxQxH.shape
+    M = k_BxMxHxS.shape[1]
+    q_BxTxMxExH = q_BxTxQxH.reshape(B, T, M, Q // M, H)
+    s_BxMxExTxS = jnp.einsum("btmeh,bmhs->bmets", q_BxTxMxExH, k_BxMxHxS,
+                             preferred_element_type=jnp.float32) * scale
+    s_BxMxExTxS = softcap(s_BxMxExTxS, cap)
+    s_BxMxExTxS = jnp.where(mask_Bx1xTxS[:, :, None], s_BxMxExTxS, -jnp.inf)
+    p_BxMxExTxS = jax.nn.softmax(s_BxMxExTxS, axis=-1).astype(v_BxMxSxH.dtype)
+    out_BxTxMxExH = jnp.einsum("bmets,bmsh->btmeh", p_BxMxExTxS, v_BxMxSxH,
+                               preferred_element_type=jnp.float32)
+    return out_BxTxMxExH.reshape(B, T, Q, H).astype(q_BxTxQxH.dtype)
 
 
 def write_cache(ck, cv, layer, k_BxTxMxH, v_BxTxMxH, write_index):
@@ -142,6 +175,8 @@ class Attention(nn.Module):
     buffers and None: see `write_cache`), the T new keys and values are written in place at
     slots [write_index, write_index + T), and the queries attend over the layer's S slots;
     `mask_Bx1xTxS` says which slot each query may see (causal order, padding, sliding window).
+    A soft-capped model (`cfg.attn_logit_softcap`) runs `capped_attention` / `decode_attention`
+    with the cap; the others the fused kernel (scaled by `cfg.query_pre_attn_scalar` if set).
     Writing into the cache as it is carried (not into a copy of the layer that is then written
     back) keeps a decode step from copying the cache.
     """
@@ -159,17 +194,25 @@ class Attention(nn.Module):
         v = _dense(cfg, M * H, ("embed", "kv"), bias, "v")(x_BxTxD).reshape(B, T, M, H)
         if sin_cos is not None:
             q, k = apply_rope(q, *sin_cos), apply_rope(k, *sin_cos)
+        scale = None if cfg.query_pre_attn_scalar is None else cfg.attn_scale
+        cap = cfg.attn_logit_softcap
         attend = lambda k, v: jax.nn.dot_product_attention(
-            q, k.astype(q.dtype), v.astype(q.dtype), mask=mask_Bx1xTxS,
+            q, k.astype(q.dtype), v.astype(q.dtype), mask=mask_Bx1xTxS, scale=scale,
             implementation=cfg.attention_impl)
-        if kv_cache is None:
+        if kv_cache is None and cap is not None:
+            k_BxMxHxT, v_BxMxTxH = jnp.transpose(k, (0, 2, 3, 1)), jnp.transpose(v, (0, 2, 1, 3))
+            out = capped_attention(q, k_BxMxHxT, v_BxMxTxH, mask_Bx1xTxS, cfg.attn_scale, cap)
+        elif kv_cache is None:
             out = attend(k, v)
         else:
             ck, cv, k_BxMxHxS, v_BxMxSxH = write_cache(*kv_cache, k, v, write_index)
             kv_cache = (ck, cv)
-            if T == 1 and cfg.attention_impl is None:
+            if T == 1 and (cfg.attention_impl is None or cap is not None):
                 out = decode_attention(q, k_BxMxHxS.astype(q.dtype), v_BxMxSxH.astype(q.dtype),
-                                       mask_Bx1xTxS)
+                                       mask_Bx1xTxS, scale, cap)
+            elif cap is not None:
+                out = capped_attention(q, k_BxMxHxS.astype(q.dtype), v_BxMxSxH.astype(q.dtype),
+                                       mask_Bx1xTxS, cfg.attn_scale, cap)
             else:  # the general kernel takes [B, S, M, H]: a copy, amortised over T tokens
                 out = attend(jnp.transpose(k_BxMxHxS, (0, 3, 1, 2)),
                              jnp.transpose(v_BxMxSxH, (0, 2, 1, 3)))
@@ -190,7 +233,9 @@ class MLP(nn.Module):
         if cfg.is_gpt2:
             h = jax.nn.gelu(up, approximate=True)  # GPT-2's gelu_new
         else:
-            h = jax.nn.silu(_dense(cfg, F, ("embed", "mlp"), bias, "gate")(x)) * up
+            act = (jax.nn.silu if cfg.hidden_activation == "silu"
+                   else functools.partial(jax.nn.gelu, approximate=True))  # gelu_pytorch_tanh
+            h = act(_dense(cfg, F, ("embed", "mlp"), bias, "gate")(x)) * up
         return _dense(cfg, cfg.hidden_size, ("mlp", "embed"), bias, "down")(h)
 
 
@@ -200,18 +245,31 @@ class DecoderLayer(nn.Module):
     The cache of every layer is stacked ([L, ...], `KVCache`) and travels in the carry; attention
     writes this layer's new keys and values into it in place, so a step never copies the cache.
     With layer_index None, cache_k and cache_v are this layer's own buffers (the decode layout).
+
+    Models with `cfg.layer_types` (sliding and global layers) pass `is_sliding` (a scanned
+    per-layer bool) and the mask as a pair (global, sliding); the layer picks its own. Without
+    it (the decode layout, or a model without layer types) the mask is the layer's already.
+    With `cfg.post_norms` (Gemma-2) each sublayer's output is normed before the residual add.
     """
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, carry, sin_cos, mask_Bx1xTxS, write_index):
+    def __call__(self, carry, sin_cos, mask_Bx1xTxS, write_index, is_sliding=None):
+        cfg = self.cfg
         x, cache_k, cache_v, i = carry
+        if is_sliding is not None:
+            mask_Bx1xTxS = jnp.where(is_sliding, mask_Bx1xTxS[1], mask_Bx1xTxS[0])
         kv_cache = None if cache_k is None else (cache_k, cache_v, i)
-        h, kv_cache = Attention(self.cfg, name="attn")(
-            make_norm(self.cfg, "attn_norm")(x), sin_cos, mask_Bx1xTxS, kv_cache, write_index)
+        h, kv_cache = Attention(cfg, name="attn")(
+            make_norm(cfg, "attn_norm")(x), sin_cos, mask_Bx1xTxS, kv_cache, write_index)
+        if cfg.post_norms:
+            h = make_norm(cfg, "post_attn_norm")(h)
         x = x + h
-        x = x + MLP(self.cfg, name="mlp")(make_norm(self.cfg, "mlp_norm")(x))
+        h = MLP(cfg, name="mlp")(make_norm(cfg, "mlp_norm")(x))
+        if cfg.post_norms:
+            h = make_norm(cfg, "post_mlp_norm")(h)
+        x = x + h
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         if cache_k is not None:
             cache_k, cache_v = kv_cache

@@ -34,7 +34,8 @@ def completion_token_logprobs(
     if lean:
         return losses.shifted_token_logprobs_from_hidden(
             tokens_BxT=tokens_BxT, hidden_BxTxD=hidden_BxTxD,
-            unembed_DxV=unembedding(cfg, params), completion_mask_BxT=loss_mask_BxT)
+            unembed_DxV=unembedding(cfg, params), completion_mask_BxT=loss_mask_BxT,
+            softcap=cfg.final_logit_softcap)  # as Transformer.logits applies it
     return losses.shifted_token_logprobs(
         tokens_BxT=tokens_BxT, logits_BxTxV=logits_BxTxV, completion_mask_BxT=loss_mask_BxT)
 

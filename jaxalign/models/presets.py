@@ -13,7 +13,33 @@ _MISTRAL_7B = dict(
     max_position_embeddings=32768, rms_norm_eps=1e-5, hidden_act="silu", bos_token_id=1,
     eos_token_id=2, tie_word_embeddings=False, torch_dtype="bfloat16")
 
+# google/gemma-2-*: hub config.json files carry no `layer_types` (transformers then alternates,
+# sliding first) and repeat the activation as `hidden_act`; the -it models differ only in the
+# stop ids, which their generation_config.json lists as [<eos>, <end_of_turn>] = [1, 107].
+_GEMMA2 = dict(
+    model_type="gemma2", architectures=["Gemma2ForCausalLM"], vocab_size=256000, head_dim=256,
+    max_position_embeddings=8192, rms_norm_eps=1e-6, rope_theta=10000.0,
+    hidden_act="gelu_pytorch_tanh", hidden_activation="gelu_pytorch_tanh",
+    attention_bias=False, attention_dropout=0.0, sliding_window=4096,
+    attn_logit_softcapping=50.0, final_logit_softcapping=30.0, query_pre_attn_scalar=256,
+    cache_implementation="hybrid", initializer_range=0.02, bos_token_id=2, eos_token_id=1,
+    pad_token_id=0, tie_word_embeddings=True, torch_dtype="float32")
+_GEMMA2_2B = dict(_GEMMA2, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                  num_attention_heads=8, num_key_value_heads=4)
+_GEMMA2_9B = dict(_GEMMA2, hidden_size=3584, intermediate_size=14336, num_hidden_layers=42,
+                  num_attention_heads=16, num_key_value_heads=8)
+_GEMMA2_27B = dict(_GEMMA2, hidden_size=4608, intermediate_size=36864, num_hidden_layers=46,
+                   num_attention_heads=32, num_key_value_heads=16, head_dim=128,
+                   query_pre_attn_scalar=144, torch_dtype="bfloat16")
+_IT_EOS = [1, 107]  # generation_config.json of gemma-2-*-it: <eos>, <end_of_turn>
+
 HUB_CONFIGS: dict[str, dict] = {
+    "gemma-2-2b": _GEMMA2_2B,
+    "gemma-2-2b-it": dict(_GEMMA2_2B, eos_token_id=_IT_EOS),
+    "gemma-2-9b": _GEMMA2_9B,
+    "gemma-2-9b-it": dict(_GEMMA2_9B, eos_token_id=_IT_EOS),
+    "gemma-2-27b": _GEMMA2_27B,
+    "gemma-2-27b-it": dict(_GEMMA2_27B, eos_token_id=_IT_EOS),
     "mistral-7b-v0.1": dict(_MISTRAL_7B, rope_theta=10000.0, sliding_window=4096),
     "mistral-7b-instruct-v0.2": dict(_MISTRAL_7B, rope_theta=1e6, sliding_window=None),
     "llama-2-7b": dict(

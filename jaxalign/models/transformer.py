@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxalign.models.config import ModelConfig
-from jaxalign.models.layers import DecoderLayer, make_norm, rope_sin_cos
+from jaxalign.models.layers import DecoderLayer, make_norm, rope_sin_cos, softcap
 
 
 @flax.struct.dataclass
@@ -104,34 +104,50 @@ def positions_from_mask(mask_BxT):
     return jnp.maximum(jnp.cumsum(mask_BxT.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-def attention_mask(cfg: ModelConfig, q_slots_T, key_valid_BxS):
-    """[B, 1, T, S]: causal in slot order, valid keys only, within the sliding window.
+_CFG = object()  # a mask's window: cfg.sliding_window unless given
+
+
+def attention_mask(cfg: ModelConfig, q_slots_T, key_valid_BxS, window=_CFG):
+    """[B, 1, T, S]: causal in slot order, valid keys only, within the sliding window
+    (`window`, default `cfg.sliding_window`; None: no window; a model with `cfg.layer_types`
+    needs a mask per window: `layer_masks`).
 
     Each query also sees its own slot, so a padding query never has an empty row (no NaN).
     Within a row real tokens occupy consecutive slots, so slot distance is position distance.
     """
+    window = cfg.sliding_window if window is _CFG else window
     k_slots_S = jnp.arange(key_valid_BxS.shape[1])
     dist_TxS = q_slots_T[:, None] - k_slots_S[None, :]
     allowed_TxS = dist_TxS >= 0
-    if cfg.sliding_window is not None:
-        allowed_TxS &= dist_TxS < cfg.sliding_window
+    if window is not None:
+        allowed_TxS &= dist_TxS < window
     mask = allowed_TxS[None] & key_valid_BxS[:, None, :]
     return (mask | (dist_TxS == 0)[None])[:, None]
 
 
-def candidate_mask(cfg: ModelConfig, index, T: int, key_valid_BxS):
+def candidate_mask(cfg: ModelConfig, index, T: int, key_valid_BxS, window=_CFG):
     """[B, 1, T, S] for T alternatives at slot `index`, written at slots [index, index + T):
 
-    candidate t sees the valid slots before `index` (within the sliding window, as a token at
-    slot `index` would) and its own slot index + t, never the other candidates.
+    candidate t sees the valid slots before `index` (within the sliding window `window`,
+    default `cfg.sliding_window`, as a token at slot `index` would) and its own slot index + t,
+    never the other candidates.
     """
+    window = cfg.sliding_window if window is _CFG else window
     k_slots_S = jnp.arange(key_valid_BxS.shape[1])
     dist_S = index - k_slots_S
     before_S = dist_S > 0
-    if cfg.sliding_window is not None:
-        before_S &= dist_S < cfg.sliding_window
+    if window is not None:
+        before_S &= dist_S < window
     own_TxS = k_slots_S[None, :] == (index + jnp.arange(T))[:, None]
     return ((before_S[None, None] & key_valid_BxS[:, None, :]) | own_TxS[None])[:, None]
+
+
+def layer_masks(cfg: ModelConfig, make_mask):
+    """The masks a forward needs, `make_mask(window)` -> [B, 1, T, S]: one for every layer
+    (no `cfg.layer_types`), or the pair (global, sliding) that each layer picks from."""
+    if cfg.layer_types is None:
+        return make_mask(cfg.sliding_window)
+    return make_mask(None), make_mask(cfg.sliding_window)
 
 
 def commit_candidate(cache: KVCache, choice_B, valid_B) -> KVCache:
@@ -179,9 +195,11 @@ class Transformer(nn.Module):
             policy = (jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
                       if cfg.remat == "dots" else None)
             layer = nn.remat(layer, prevent_cse=not cfg.scan_layers, policy=policy)
+        # sin_cos, mask, write_index broadcast; with layer types, each layer's is_sliding scanned
+        in_axes = (nn.broadcast,) * 3 + ((0,) if cfg.layer_types is not None else ())
         self.layers = nn.scan(
             layer, variable_axes={"params": 0}, split_rngs={"params": True},
-            in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+            in_axes=in_axes, length=cfg.num_layers,
             unroll=1 if cfg.scan_layers else cfg.num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )(cfg, name="layers")
@@ -206,6 +224,8 @@ class Transformer(nn.Module):
         T = tokens_BxT.shape[1]
         mask_BxT = mask_BxT.astype(bool)
         x = self.embed(tokens_BxT)
+        if cfg.scale_embeddings:  # Gemma: sqrt(D) rounded to the activation dtype, as HF does
+            x = x * jnp.asarray(cfg.hidden_size ** 0.5, cfg.jnp_dtype)
         if cfg.is_gpt2:
             x = x + self.pos_embed(positions_BxT)
             sin_cos = None
@@ -221,14 +241,18 @@ class Transformer(nn.Module):
             write_index, ck, cv = cache.index, cache.k, cache.v
             key_valid = jax.lax.dynamic_update_slice(cache.mask, mask_BxT, (0, write_index))
         if candidates:
-            attn_mask = candidate_mask(cfg, write_index, T, cache.mask)
+            attn_mask = layer_masks(cfg, lambda w: candidate_mask(cfg, write_index, T,
+                                                                  cache.mask, w))
         else:
-            attn_mask = attention_mask(cfg, write_index + jnp.arange(T), key_valid)
+            attn_mask = layer_masks(cfg, lambda w: attention_mask(
+                cfg, write_index + jnp.arange(T), key_valid, w))
         if cache is not None and cache.per_layer:
             x, ck, cv = self._per_layer(x, ck, cv, sin_cos, attn_mask, write_index)
         else:
+            sliding = (() if cfg.layer_types is None else
+                       (jnp.asarray([t == "sliding_attention" for t in cfg.layer_types]),))
             (x, ck, cv, _), _ = self.layers((x, ck, cv, jnp.zeros((), jnp.int32)), sin_cos,
-                                             attn_mask, write_index)
+                                             attn_mask, write_index, *sliding)
         hidden = self.final_norm(x)
         if candidates:
             new_cache = KVCache(ck, cv, cache.mask, cache.index)
@@ -244,19 +268,24 @@ class Transformer(nn.Module):
         if not isinstance(layers, tuple):
             layers = split_layers({"layers": layers})["layers"]
         ks, vs = [], []
-        for p, k, v in zip(layers, ck, cv, strict=True):
+        for i, (p, k, v) in enumerate(zip(layers, ck, cv, strict=True)):
+            mask = attn_mask  # with layer types: (global, sliding), picked here per layer
+            if self.cfg.layer_types is not None:
+                mask = attn_mask[self.cfg.layer_types[i] == "sliding_attention"]
             (x, k, v, _), _ = DecoderLayer(self.cfg, parent=None).apply(
-                {"params": p}, (x, k, v, None), sin_cos, attn_mask, write_index)
+                {"params": p}, (x, k, v, None), sin_cos, mask, write_index)
             ks.append(k)
             vs.append(v)
         return x, tuple(ks), tuple(vs)
 
     def logits(self, hidden_BxTxD):
+        """Float32 [B, T, V], soft-capped at `cfg.final_logit_softcap` (Gemma-2) if set: the
+        same cap every place that forms logits from `unembedding` applies (`final_softcap`)."""
         if self.cfg.tie_word_embeddings:
             out = self.embed.attend(hidden_BxTxD)
         else:
             out = self.lm_head(hidden_BxTxD)
-        return out.astype(jnp.float32)
+        return final_softcap(self.cfg, out.astype(jnp.float32))
 
 
 def init_params(cfg: ModelConfig, rng: jax.Array):
@@ -289,8 +318,15 @@ def param_shapes(cfg: ModelConfig):
     return jax.eval_shape(lambda t: init_params(cfg, jax.random.key(0)), tokens)
 
 
+def final_softcap(cfg: ModelConfig, logits):
+    """`cap * tanh(logits / cap)` with cap `cfg.final_logit_softcap` (Gemma-2); identity without.
+    Whoever forms logits from `unembedding` applies this too."""
+    return softcap(logits, cfg.final_logit_softcap)
+
+
 def unembedding(cfg: ModelConfig, params):
-    """[D, V] matrix that maps final hidden states to logits (tied or untied head)."""
+    """[D, V] matrix that maps final hidden states to logits (tied or untied head). The logits
+    are `final_softcap(cfg, hidden @ unembedding)`: mind `cfg.final_logit_softcap`."""
     if cfg.tie_word_embeddings:
         return params["embed"]["embedding"].T
     return params["lm_head"]["kernel"]

@@ -47,14 +47,18 @@ def preference_objective(model_cfg, *, loss: str = "dpo.sigmoid", loss_kwargs: d
     With `ref_params` the reference log-probs are computed on the fly; with `precomputed` they
     are the batch's `ref_chosen_logps` / `ref_rejected_logps` (required columns); with neither
     they are read when the batch has them, else the loss gets none (reference-free losses:
-    genarm.arm, dpo.simpo, dpo.orpo, ...).
+    genarm.arm, dpo.simpo, dpo.orpo, ...). A loss's own per-example inputs (SPPO's
+    `chosen_win_rate`, `rejected_win_rate`, `pair_win_rate`: `loss.arrays`) are required batch
+    columns of the same names.
     """
     if precomputed and ref_params is not None:
         raise ValueError("preference_objective: give ref_params (reference on the fly) or "
                          "precomputed=True (reference log-probs in the batch), not both")
     loss_fn = losses.get_loss(loss)
     loss_kwargs = dict(loss_kwargs or {})
-    required = REFERENCE_COLUMNS if precomputed else ()
+    # the loss's own per-example inputs (SPPO's win rates) are batch columns of the same names
+    arrays = tuple(a for a in getattr(loss_fn, "arrays", ()) if a not in loss_kwargs)
+    required = (REFERENCE_COLUMNS if precomputed else ()) + arrays
     optional = () if ref_params is not None or precomputed else REFERENCE_COLUMNS
 
     @reads(*PAIR_COLUMNS, "weight", *required, optional=optional)
@@ -74,7 +78,7 @@ def preference_objective(model_cfg, *, loss: str = "dpo.sigmoid", loss_kwargs: d
         loss_B, metrics = loss_fn(policy_chosen_logps=seq.sum[:b],
                                   policy_rejected_logps=seq.sum[b:],
                                   chosen_lengths=seq.length[:b], rejected_lengths=seq.length[b:],
-                                  **ref, **loss_kwargs)
+                                  **ref, **{a: batch[a] for a in arrays}, **loss_kwargs)
         return loss_B, batch["weight"], metrics
 
     return objective
@@ -161,15 +165,15 @@ def precompute_reference_logps(model_cfg, ref_params, batches, cache_path: str |
         print(f"{cache_path}: computing reference log-probs ({why})", flush=True)
 
     @jax.jit
-    def fwd(batch):
+    def fwd(params, batch):  # params an argument: a closed-over 7B would be baked in as constants
         tokens, mask, loss_mask = _pair(batch)
-        logps = completion_logprobs(model_cfg, ref_params, tokens, mask, loss_mask).sum
+        logps = completion_logprobs(model_cfg, params, tokens, mask, loss_mask).sum
         b = batch["chosen_tokens"].shape[0]
         return logps[:b], logps[b:]
 
     rows = {}
     for batch in batches:
-        chosen, rejected = jax.device_get(fwd({k: batch[k] for k in PAIR_COLUMNS}))
+        chosen, rejected = jax.device_get(fwd(ref_params, {k: batch[k] for k in PAIR_COLUMNS}))
         real = np.asarray(batch["chosen_mask"]).any(-1)
         for i, r, c, rj in zip(np.asarray(batch["index"]).tolist(), real, chosen, rejected):
             if r:

@@ -1,6 +1,6 @@
 """Hugging Face `*ForSequenceClassification` reward checkpoints <-> reward-model params.
 
-    cfg, params = load_reward_hf("/path/to/RM")     # Llama / Mistral / Qwen2 / GPT-2, 1 label
+    cfg, params = load_reward_hf("/path/to/RM")     # Llama/Mistral/Qwen2/GPT-2/Gemma-2, 1 label
     save_reward_hf("/tmp/rm", cfg, params)           # AutoModelForSequenceClassification loads it
 
 Tensor names: the backbone as in the causal LM (`model.*`, or `transformer.*` for GPT-2) plus
@@ -32,7 +32,8 @@ SCORE = "score.weight"
 ARCHITECTURES = {"llama": "LlamaForSequenceClassification",
                  "mistral": "MistralForSequenceClassification",
                  "qwen2": "Qwen2ForSequenceClassification",
-                 "gpt2": "GPT2ForSequenceClassification"}
+                 "gpt2": "GPT2ForSequenceClassification",
+                 "gemma2": "Gemma2ForSequenceClassification"}
 # Buffers some checkpoints carry that are not parameters (as jaxalign.models.hf ignores them).
 _IGNORED = re.compile(r"(rotary_emb\.inv_freq|attn\.bias|attn\.masked_bias)$")
 

@@ -5,9 +5,10 @@
 
 The head is Hugging Face's `score` Linear of `*ForSequenceClassification` (D -> 1, no bias),
 read at each row's last real token: the last index where `mask` is True, so right- and
-left-padded batches give the same scores. `cfg` is the checkpoint's own config (export writes
-it back unchanged); the backbone never has an LM head, whatever `cfg.tie_word_embeddings`
-says (`backbone_config`).
+left-padded batches give the same scores. The score is the head's output as is: transformers
+applies no final-logit soft-cap to it (Gemma-2 caps only the LM head's logits). `cfg` is the
+checkpoint's own config (export writes it back unchanged); the backbone never has an LM head,
+whatever `cfg.tie_word_embeddings` says (`backbone_config`).
 """
 
 from __future__ import annotations

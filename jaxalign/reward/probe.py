@@ -22,7 +22,8 @@ import numpy as np
 
 from jaxalign.data import Encoder, bucket_lengths
 from jaxalign.data.tokenize import cut_prompt
-from jaxalign.models import Transformer, param_logical_axes, positions_from_mask, unembedding
+from jaxalign.models import (Transformer, final_softcap, param_logical_axes,
+                             positions_from_mask, unembedding)
 from jaxalign.reward.batched import BatchedForward
 from jaxalign.reward.model import last_token_index
 
@@ -38,6 +39,7 @@ def next_token_logprobs(cfg, params, tokens_BxT: Int[Array, "B T"], mask_BxT: Bo
     h_BxD = jnp.take_along_axis(hidden_BxTxD, last_B[:, None, None], axis=1)[:, 0]
     logits_BxV = jnp.einsum("bd,dv->bv", h_BxD, unembedding(cfg, params),
                             preferred_element_type=jnp.float32).astype(jnp.float32)
+    logits_BxV = final_softcap(cfg, logits_BxV)  # Gemma-2's, as the model's own logits
     logp_BxV = jax.nn.log_softmax(logits_BxV, axis=-1)
     return jnp.take(logp_BxV, jnp.asarray(token_ids_K), axis=-1)
 

@@ -18,6 +18,8 @@ prompts.py     host-side bucketed, left-padded prompt batches
 sampler.py     `Sampler`: text or token ids in, completions and log-probs out, on a mesh
 output.py      `SampleOutput`: the numpy arrays (and texts) a Sampler returns
 best_of_n.py   best-of-N selection of a Sampler's completions by a score function
+answers.py     AlpacaEval and MT-Bench answer files from a Sampler (python -m
+               jaxalign.sampling.answers {alpaca_eval,mt_bench} ...)
 """
 
 from jaxalign.sampling.best_of_n import BestOfN, best_of_n
@@ -31,6 +33,17 @@ from jaxalign.sampling.selection import GUIDE_CONVENTIONS, Rule, choose, guided_
 __all__ = [
     "BestOfN", "best_of_n", "GUIDE_CONVENTIONS", "Guided", "LM", "GuideModel", "Plain",
     "RewardGuide", "RewardStep", "Rule", "SampleOutput", "Sampler", "Settings", "State",
-    "TopKReward", "choose", "completion_text", "decode", "guided_logits", "prefill",
-    "stop_ids_from_checkpoint",
+    "TopKReward", "choose", "completion_text", "decode", "guided_logits", "load_alpaca_eval",
+    "load_mt_bench", "prefill", "stop_ids_from_checkpoint", "write_alpaca_eval",
+    "write_mt_bench",
 ]
+_ANSWERS = ("load_alpaca_eval", "load_mt_bench", "write_alpaca_eval", "write_mt_bench")
+
+
+def __getattr__(name):
+    """answers.py's functions, imported on first use: importing it here would run it twice
+    under `python -m jaxalign.sampling.answers` (runpy warns about that)."""
+    if name in _ANSWERS:
+        from jaxalign.sampling import answers
+        return getattr(answers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -51,3 +51,38 @@ def hf_logits(model, tokens, mask, positions) -> np.ndarray:
         out = model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask.astype(np.int64)),
                     position_ids=torch.tensor(positions))
     return out.logits.float().numpy()
+
+
+# Gemma-2, small soft-caps so tanh bends the scores and logits, a window (3) shorter than the
+# test prompts, layer types mixing both kinds (not just alternating), query_pre_attn_scalar
+# (12) != head_dim (8), and random norm weights so the `(1 + w)` offset matters.
+GEMMA2 = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+              num_key_value_heads=2, head_dim=8, intermediate_size=64, initializer_range=0.3,
+              max_position_embeddings=64, query_pre_attn_scalar=12, sliding_window=3,
+              layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+              attn_logit_softcapping=5.0, final_logit_softcapping=3.0, pad_token_id=0,
+              bos_token_id=1, eos_token_id=2)
+
+
+def gemma2_config(**overrides):
+    return T.Gemma2Config(**{**GEMMA2, **overrides})
+
+
+def randomize_norms(model, seed: int = 0, std: float = 0.3):
+    """Gemma's norm weights start at 0 (a scale of 1 + 0); random ones test the offset."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(std * torch.randn(p.shape, generator=g))
+    return model
+
+
+def make_gemma2(seed: int = 0, cls=None, **overrides):
+    """A tiny random Gemma2ForCausalLM (or `cls`, e.g. Gemma2ForSequenceClassification), eager
+    attention (transformers' reference), float32."""
+    torch.manual_seed(seed)
+    cfg = gemma2_config(**overrides)
+    cfg._attn_implementation = "eager"
+    model = (cls or T.Gemma2ForCausalLM)(cfg)
+    return randomize_norms(model, seed).eval()

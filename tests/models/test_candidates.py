@@ -15,6 +15,15 @@ from jaxalign.models import (ModelConfig, Transformer, commit_candidate, init_ca
 # the cached context: the candidates' mask is the subtle part.
 CFG = ModelConfig(family="mistral", vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
                   num_kv_heads=1, intermediate_size=64, sliding_window=3, initializer_range=0.3)
+# Gemma-2: a sliding (window 3) and a global layer, each with its own candidate mask, and the
+# soft-capped attention of one-token steps (decode_attention) against T candidates at once.
+GEMMA2 = ModelConfig(family="gemma2", vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+                     num_kv_heads=2, head_dim=8, intermediate_size=64, sliding_window=3,
+                     initializer_range=0.3, tie_word_embeddings=True,
+                     layer_types=("sliding_attention", "full_attention"), attn_logit_softcap=5.0,
+                     final_logit_softcap=3.0, query_pre_attn_scalar=12.0,
+                     hidden_activation="gelu_pytorch_tanh", norm_unit_offset=True,
+                     post_norms=True, scale_embeddings=True)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "candidates"))
@@ -24,8 +33,8 @@ def _step(params, tokens, positions, mask, cache, *, cfg, candidates=False):
 
 
 @pytest.mark.parametrize("per_layer", [False, True], ids=["stacked", "decode_layout"])
-def test_candidates_equal_separate_steps_and_commit_equals_a_normal_step(per_layer):
-    cfg = CFG
+@pytest.mark.parametrize("cfg", [CFG, GEMMA2], ids=["mistral", "gemma2"])
+def test_candidates_equal_separate_steps_and_commit_equals_a_normal_step(cfg, per_layer):
     params = jax.jit(init_params, static_argnums=0)(cfg, jax.random.key(1))
     if per_layer:
         params = split_layers(params)
