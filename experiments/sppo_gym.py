@@ -34,7 +34,7 @@ def get_config(arg: str = ""):
     c.workdir = "results/sppo_gym"
     c.cache_dir = ""  # "" = $JAXALIGN_GYM_CACHE or ~/.cache/jaxalign/gym
     c.reference = ml_collections.ConfigDict()  # ReferenceConfig overrides (part of the hash)
-    c.seed = 0
+    c.seeds = [0] if smoke else [0, 1, 2]
     c.oracles = ["bt", "cyclic"]
     c.task = "sentiment"  # the BT oracle's true reward
     c.bt_temperature = 0.5

@@ -11,6 +11,10 @@ variants are trained by other tests (no second run here):
   genarm_gym:smoke           tests/gym/test_genarm.py (run_config, algorithm genarm_gym)
   rest_llama3_8b:smoke       tests/algorithms/test_rest_files.py (run_config, algorithm rest;
                              it also checks the paper config's dry run numbers)
+  sppo_ultrafeedback:smoke   tests/algorithms/test_sppo_files.py (run_config, algorithm sppo;
+                             it also dry-runs the :llama3_8b and :gemma2_9b configs)
+  sppo_gym:smoke             not run by a test: tests/gym/test_sppo.py runs its loop
+                             (run_sppo on the gym's oracle) in process at a smaller size
   dpo_mistral_ultrafeedback:smoke, genarm_hh_rlhf:smoke, genarm_ultrafeedback:smoke
                              no test trains them (their runner, run_dpo, is the one
                              dpo_toy:smoke trains); they are dry-run below
@@ -52,7 +56,8 @@ def test_config_loads_and_names_a_runner(name, arg):
 
 
 def test_paper_scale_configs_are_sized():
-    assert {"dpo_mistral_ultrafeedback", "genarm_hh_rlhf", "rest_llama3_8b"} <= {
+    assert {"dpo_mistral_ultrafeedback", "genarm_hh_rlhf", "rest_llama3_8b",
+            "sppo_ultrafeedback"} <= {
         n for n, a in SIZED if a == ""}
 
 

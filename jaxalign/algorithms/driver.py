@@ -157,6 +157,16 @@ def grow_phase(d: str, sampler, prompts: Sequence[dict], *, n: int, seed: int, s
             "tokens_per_s": tokens / max(seconds, 1e-9)}
 
 
+def grow_policy(d: str, sampler, params, prompts: Sequence[dict], s, *, seed: int,
+                on_event: Callable[[str], Any] = lambda e: None) -> dict:
+    """`grow_phase` from `params` (set on `sampler`) with a loop's settings `s`: its samples
+    per prompt, shard_size, sample_batch, max_new_tokens, temperature and top_p."""
+    sampler.set_params(params)
+    return grow_phase(d, sampler, prompts, n=s.samples, seed=seed, shard_size=s.shard_size,
+                      batch_size=s.sample_batch, on_event=on_event,
+                      max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p)
+
+
 def _where(path: str) -> str:
     """A phase file's path from its run's workdir ("iter_001/grow/shard-...jsonl")."""
     d = os.path.dirname(os.path.abspath(path))

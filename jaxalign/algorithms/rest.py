@@ -286,8 +286,8 @@ def run_rest(s: RestSettings, *, policy: tuple, tokenizer, data: Sequence[dict],
         if t == 0:  # BC: D alone, scored for the record (every row trains)
             records = D
         else:
-            grown = drv.phase(t, "grow", lambda d: _grow(d, sampler, policy_params(), prompts,
-                                                          s, seed + t, event))
+            grown = drv.phase(t, "grow", lambda d: drv_lib.grow_policy(
+                d, sampler, policy_params(), prompts, s, seed=seed + t, on_event=event))
             records = with_data(drv_lib.read_records(drv.dir(t, "grow"), grown), D)
         scored_summary = drv.phase(t, "score", lambda d: drv_lib.score_phase(
             d, records, score, chunk_prompts=s.score_chunk, required=("reward",),
@@ -313,10 +313,3 @@ def _source(prompt_id) -> int:
     import zlib
     return int(prompt_id) if isinstance(prompt_id, int) else zlib.crc32(str(prompt_id).encode())
 
-
-def _grow(d, sampler, params, prompts, s: RestSettings, seed: int, event) -> dict:
-    sampler.set_params(params)
-    return drv_lib.grow_phase(d, sampler, prompts, n=s.samples, seed=seed,
-                              shard_size=s.shard_size, batch_size=s.sample_batch,
-                              on_event=event, max_new_tokens=s.max_new_tokens,
-                              temperature=s.temperature, top_p=s.top_p)

@@ -107,19 +107,27 @@ def read_d(path: str, tokenizer, d) -> list[dict]:
     return rows
 
 
-def read_heldout(path: str, tokenizer, d) -> list[dict]:
-    """The held-out prompts {"id", "prompt"} (prompts longer than max_prompt_length left out)."""
+def read_prompt_file(path: str, tokenizer, d, *, limit: int = 0, name: str = "prompts",
+                     id_prefix: str = "") -> list[dict]:
+    """Prompts {"id": id_prefix + row id, "prompt"} of a prompt file, the first `limit` usable
+    ones (0: all); prompts longer than `d.max_prompt_length` are left out and counted."""
     enc, out, cut = Encoder(tokenizer, chat=d.chat), [], 0
     for ex in read_examples("prompt", path, on_error=d.on_error):
         if len(enc.encode_prompt(ex["prompt"], ex["location"])) > d.max_prompt_length:
             cut += 1
             continue
-        out.append({"id": ex["id"], "prompt": _as_turns(ex["prompt"], d.chat)})
-        if len(out) == d.get("eval_rows", 0):
+        out.append({"id": f"{id_prefix}{ex['id']}" if id_prefix else ex["id"],
+                    "prompt": _as_turns(ex["prompt"], d.chat)})
+        if len(out) == limit:
             break
-    print(f"held-out: {len(out)} prompts of {path} ({cut} longer than {d.max_prompt_length} "
+    print(f"{name}: {len(out)} prompts of {path} ({cut} longer than {d.max_prompt_length} "
           "tokens left out)", flush=True)
     return out
+
+
+def read_heldout(path: str, tokenizer, d) -> list[dict]:
+    """The held-out prompts {"id", "prompt"} (prompts longer than max_prompt_length left out)."""
+    return read_prompt_file(path, tokenizer, d, limit=d.get("eval_rows", 0), name="held-out")
 
 
 # ---- models ----

@@ -34,13 +34,13 @@ import jax
 import numpy as np
 
 from jaxalign import io
-from jaxalign.algorithms.run_rest import (LoopMemory, _as_turns, kv_cache_bytes, load_reward,
-                                          reward_config, reward_param_count,
-                                          with_checkpoint_stop_ids)
+from jaxalign.algorithms.run_rest import (LoopMemory, kv_cache_bytes, load_reward,
+                                          read_prompt_file, reward_config,
+                                          reward_param_count, with_checkpoint_stop_ids)
 from jaxalign.algorithms.runner import (load_model, load_policy, load_tokenizer,
                                         resolve_model_config)
 from jaxalign.algorithms.sppo import PreferenceStep, check_splits, run_sppo, sppo_settings
-from jaxalign.data import Encoder, read_examples, toy
+from jaxalign.data import toy
 from jaxalign.models.sizing import abstract_mesh, param_bytes_per_device, param_count
 from jaxalign.objectives import preference_objective
 from jaxalign.reward import RewardScorer
@@ -83,17 +83,8 @@ def split_paths(config) -> list[str]:
 
 def read_split(t: int, path: str, tokenizer, d) -> list[dict]:
     """Split t's prompts {"id": "<t>:<row>", "prompt"} (too long ones left out, counted)."""
-    enc, out, cut = Encoder(tokenizer, chat=d.chat), [], 0
-    for ex in read_examples("prompt", path, on_error=d.on_error):
-        if len(enc.encode_prompt(ex["prompt"], ex["location"])) > d.max_prompt_length:
-            cut += 1
-            continue
-        out.append({"id": f"{t}:{ex['id']}", "prompt": _as_turns(ex["prompt"], d.chat)})
-        if len(out) == d.get("split_rows", 0):
-            break
-    print(f"split {t}: {len(out)} prompts of {path} ({cut} longer than {d.max_prompt_length} "
-          "tokens left out)", flush=True)
-    return out
+    return read_prompt_file(path, tokenizer, d, limit=d.get("split_rows", 0),
+                            name=f"split {t}", id_prefix=f"{t}:")
 
 
 # ---- preference steps ----

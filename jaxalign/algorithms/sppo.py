@@ -294,8 +294,8 @@ def run_sppo(s: SppoSettings, *, policy: tuple, tokenizer, splits: Sequence[Sequ
     rows_out = []
     for t in range(s.iterations):
         start = policy_params()
-        grown = drv.phase(t, "grow", lambda d: _grow(d, sampler, start, splits[t], s, seed + t,
-                                                      event))
+        grown = drv.phase(t, "grow", lambda d: drv_lib.grow_policy(
+            d, sampler, start, splits[t], s, seed=seed + t, on_event=event))
         records = drv_lib.read_records(drv.dir(t, "grow"), grown)
         scored_summary = drv.phase(t, "score", lambda d: drv_lib.score_phase(
             d, records, score, chunk_prompts=s.score_chunk, required=("win_rate",),
@@ -330,11 +330,3 @@ def run_sppo(s: SppoSettings, *, policy: tuple, tokenizer, splits: Sequence[Sequ
         event("iteration")
     drv.close()
     return {"iterations": rows_out, "policy": policy_params()}
-
-
-def _grow(d, sampler, params, prompts, s: SppoSettings, seed: int, event) -> dict:
-    sampler.set_params(params)
-    return drv_lib.grow_phase(d, sampler, prompts, n=s.samples, seed=seed,
-                              shard_size=s.shard_size, batch_size=s.sample_batch,
-                              on_event=event, max_new_tokens=s.max_new_tokens,
-                              temperature=s.temperature, top_p=s.top_p)

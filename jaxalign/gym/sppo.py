@@ -15,7 +15,9 @@ samples and preference matrices' source; every iterate is evaluated on held-out 
                   a completion with no style word ties with everything). Reported for each
                   iterate and for the uniform mixture of iterates 1..T, which is what SPPO's
                   theory bounds: a last iterate may cycle in a rock-paper-scissors game.
-Writes sppo.md (the table), sppo.json and sppo.png under the workdir.
+Each seed draws its own prompt splits and test prompts and trains its own runs; the table is
+the mean +- sd over seeds. Writes sppo.md (the table), sppo.json (with every seed's rows and
+every iteration's training summary) and sppo.png under the workdir.
 """
 
 from __future__ import annotations
@@ -140,54 +142,77 @@ def run(config) -> dict:
     t0 = time.perf_counter()
     os.makedirs(config.workdir, exist_ok=True)
     ref = reference_policy(ReferenceConfig(**config.reference), config.cache_dir or None)
-    splits, test = prompt_splits(ref.language, config.sppo.iterations, config.prompts_per_split,
-                                 config.num_test, config.seed + 17)
-    evaluator = Evaluator(ref, test, samples=config.test_samples,
-                          max_new=config.sppo.max_new_tokens, seed=config.seed + 5)
     mesh = make_mesh(devices=jax.devices()[:1])  # the gym's policy is tiny: one device is fastest
     report = {"rows": [], "runs": {}}
-    for oracle_name in config.oracles:
-        oracle = make_oracle(oracle_name, config)
-        start = evaluator(ref.params, oracle)
-        for method, key in METHODS.items():
-            s = sppo_settings({**config.sppo.to_dict(), **config[key].to_dict()})
-            out = run_sppo(s, policy=(ref.model_cfg, ref.params), tokenizer=ref.tokenizer,
-                           splits=splits, preference=oracle_preference(oracle),
-                           workdir=os.path.join(config.workdir, oracle_name, key),
-                           config={**config.to_dict(), "oracle": oracle_name, "method": key},
-                           optim=config.optim.to_dict(), batch_size=config.batch_size,
-                           seed=config.seed, max_len=config.max_len, mesh=mesh,
-                           start_over=config.get("start_over", False))
-            rows = [{"oracle": oracle_name, "method": method, "iterate": 0, **start}]
-            for it in out["iterations"]:
-                params = drv_lib.load_policy(it["dir"], ref.params)
-                rows.append({"oracle": oracle_name, "method": method,
-                             "iterate": it["iteration"] + 1, **evaluator(params, oracle),
-                             "train_pair_win_rate": it["pair_win_rate"]})
-            mix = np.mean([r["styles"] for r in rows[1:]], axis=0).tolist()
-            rows.append({"oracle": oracle_name, "method": method, "iterate": "mixture 1..T",
-                         "win_rate": float(np.mean([r["win_rate"] for r in rows[1:]])),
-                         "styles": mix, **({"exploitability": exploitability(mix, oracle)}
-                                           if isinstance(oracle, oracles.CyclicOracle) else {})})
-            report["rows"] += rows
-            report["runs"][f"{oracle_name}/{key}"] = out["iterations"]
+    for seed in config.seeds:  # each seed: its own prompt splits, test prompts and training
+        splits, test = prompt_splits(ref.language, config.sppo.iterations,
+                                     config.prompts_per_split, config.num_test, seed + 17)
+        evaluator = Evaluator(ref, test, samples=config.test_samples,
+                              max_new=config.sppo.max_new_tokens, seed=seed + 5)
+        for oracle_name in config.oracles:
+            oracle = make_oracle(oracle_name, config)
+            start = evaluator(ref.params, oracle)
+            for method, key in METHODS.items():
+                run_name = f"seed{seed}/{oracle_name}/{key}"
+                s = sppo_settings({**config.sppo.to_dict(), **config[key].to_dict()})
+                out = run_sppo(s, policy=(ref.model_cfg, ref.params), tokenizer=ref.tokenizer,
+                               splits=splits, preference=oracle_preference(oracle),
+                               workdir=os.path.join(config.workdir, run_name),
+                               config={**config.to_dict(), "seed": seed, "run": run_name},
+                               optim=config.optim.to_dict(), batch_size=config.batch_size,
+                               seed=seed, max_len=config.max_len, mesh=mesh,
+                               start_over=config.get("start_over", False))
+                rows = [{"iterate": 0, **start}]
+                for it in out["iterations"]:
+                    params = drv_lib.load_policy(it["dir"], ref.params)
+                    rows.append({"iterate": it["iteration"] + 1, **evaluator(params, oracle),
+                                 "train_pair_win_rate": it["pair_win_rate"]})
+                mix = np.mean([r["styles"] for r in rows[1:]], axis=0).tolist()
+                rows.append({"iterate": "mixture 1..T", "styles": mix,
+                             "win_rate": float(np.mean([r["win_rate"] for r in rows[1:]])),
+                             **({"exploitability": exploitability(mix, oracle)}
+                                if isinstance(oracle, oracles.CyclicOracle) else {})})
+                report["rows"] += [{"seed": seed, "oracle": oracle_name, "method": method, **r}
+                                   for r in rows]
+                report["runs"][run_name] = out["iterations"]
+    report["table"] = summarise(report["rows"])
     write_report(config, report)
     print(f"wrote {config.workdir}/sppo.{{md,json,png}} in {time.perf_counter() - t0:.0f} s",
           flush=True)
     return report
 
 
+METRICS = ("win_rate", "kl", "exploitability")
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean and sd over seeds of each (oracle, method, iterate) row's metrics."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["oracle"], r["method"], r["iterate"]), []).append(r)
+    table = []
+    for (oracle, method, iterate), rs in groups.items():
+        entry = {"oracle": oracle, "method": method, "iterate": iterate, "seeds": len(rs)}
+        for k in METRICS:
+            if k in rs[0]:
+                v = np.array([r[k] for r in rs])
+                entry[k], entry[f"{k}_sd"] = float(v.mean()), float(v.std(ddof=1) if len(v) > 1
+                                                                       else 0.0)
+        table.append(entry)
+    return table
+
+
 def write_report(config, report: dict) -> None:
     lines = ["| oracle | method | iterate | win rate vs pi_0 | KL to pi_0 | exploitability |",
              "|---|---|---|---|---|---|"]
-    fmt = lambda r, k: f"{r[k]:.3f}" if k in r else "-"  # noqa: E731
-    for r in report["rows"]:
+    fmt = lambda r, k: (f"{r[k]:.3f} +- {r[k + '_sd']:.3f}" if k in r else "-")  # noqa: E731
+    for r in report["table"]:
         lines.append(f"| {r['oracle']} | {r['method']} | {r['iterate']} | {fmt(r, 'win_rate')} | "
                      f"{fmt(r, 'kl')} | {fmt(r, 'exploitability')} |")
     table = "\n".join(lines) + "\n"
     with open(os.path.join(config.workdir, "sppo.md"), "w") as fh:
         fh.write(f"# SPPO vs iterative DPO on the gym: {config.num_test} test prompts x "
-                 f"{config.test_samples} samples, seed {config.seed}\n\n"
+                 f"{config.test_samples} samples, mean +- sd over seeds {list(config.seeds)}\n\n"
                  f"eta = {config.sppo.eta} (SPPO), beta = {config.dpo.beta} (iterative DPO); "
                  f"K = {config.sppo.samples}; {config.prompts_per_split} prompts per "
                  f"iteration\n\n{table}")
@@ -198,33 +223,48 @@ def write_report(config, report: dict) -> None:
 
 
 def plot(report: dict, path: str) -> None:
+    """Win rate against pi_0 by iteration (each oracle), win rate against KL to pi_0 (each
+    oracle: the frontier the iterates trace), and the cyclic oracle's exploitability."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    oracle_names = list(dict.fromkeys(r["oracle"] for r in report["rows"]))
-    fig, axes = plt.subplots(1, len(oracle_names) + 1, figsize=(4 * (len(oracle_names) + 1), 3.4),
-                             dpi=120)
-    for ax, name in zip(axes, oracle_names):
-        for method, style in zip(METHODS, ("o-", "s--")):
-            rs = [r for r in report["rows"] if r["oracle"] == name and r["method"] == method
-                  and isinstance(r["iterate"], int)]
-            ax.plot([r["iterate"] for r in rs], [r["win_rate"] for r in rs], style, label=method)
-        ax.axhline(0.5, color="gray", lw=0.5)
+    table = [r for r in report["table"] if isinstance(r["iterate"], int)]
+    oracle_names = list(dict.fromkeys(r["oracle"] for r in table))
+    fig, axes = plt.subplots(1, 2 * len(oracle_names) + 1,
+                             figsize=(3.6 * (2 * len(oracle_names) + 1), 3.4), dpi=120)
+    pick = lambda **kw: [r for r in table if all(r.get(k) == v for k, v in kw.items())]  # noqa
+    styles = dict(zip(METHODS, ("o-", "s--")))
+    for n, name in enumerate(oracle_names):
+        ax, ax_kl = axes[2 * n], axes[2 * n + 1]
+        for method, style in styles.items():
+            rs = pick(oracle=name, method=method)
+            ax.errorbar([r["iterate"] for r in rs], [r["win_rate"] for r in rs],
+                        yerr=[r["win_rate_sd"] for r in rs], fmt=style, capsize=2, label=method)
+            ax_kl.plot([r["kl"] for r in rs], [r["win_rate"] for r in rs], style, label=method)
+            for r in rs:
+                ax_kl.annotate(str(r["iterate"]), (r["kl"], r["win_rate"]), fontsize=6,
+                               xytext=(3, -8), textcoords="offset points")
         ax.set_title(f"{name} oracle", fontsize=9)
         ax.set_xlabel("iteration")
-        ax.set_ylabel("win rate vs pi_0")
-        ax.legend(fontsize=7)
+        ax.set_xticks(sorted({r["iterate"] for r in table}))
+        ax_kl.set_title(f"{name} oracle: win rate vs KL (labels: iteration)", fontsize=8)
+        ax_kl.set_xlabel("KL to pi_0 (nats per sequence)")
+        for a in (ax, ax_kl):
+            a.axhline(0.5, color="gray", lw=0.5)
+            a.set_ylabel("win rate vs pi_0")
+            a.legend(fontsize=7)
     ax = axes[-1]
-    for method, style in zip(METHODS, ("o-", "s--")):
-        rs = [r for r in report["rows"] if r["method"] == method and "exploitability" in r
-              and isinstance(r["iterate"], int)]
+    for method, style in styles.items():
+        rs = [r for r in pick(method=method) if "exploitability" in r]
         if rs:
-            ax.plot([r["iterate"] for r in rs], [r["exploitability"] for r in rs], style,
-                    label=method)
+            ax.errorbar([r["iterate"] for r in rs], [r["exploitability"] for r in rs],
+                        yerr=[r["exploitability_sd"] for r in rs], fmt=style, capsize=2,
+                        label=method)
     ax.axhline(0.5, color="gray", lw=0.5)
     ax.set_title("cyclic oracle: exploitability", fontsize=9)
     ax.set_xlabel("iteration")
+    ax.set_xticks(sorted({r["iterate"] for r in table}))
     ax.set_ylabel("best response's win rate")
     ax.legend(fontsize=7)
     fig.tight_layout()

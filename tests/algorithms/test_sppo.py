@@ -109,3 +109,34 @@ def test_each_loss_reads_its_win_rate_columns(loss, kwargs, columns):
     objective = preference_objective(cfg, loss=loss, loss_kwargs=kwargs, precomputed=True)
     win = {"chosen_win_rate", "rejected_win_rate", "pair_win_rate"}
     assert set(objective.columns) & win == columns
+
+
+def test_preference_steps_of_the_file_runner():
+    """A reward model's scores through the Bradley-Terry link, and an order-averaged pairwise
+    judge, each as the score step sees them: one call for a chunk's K samples of N prompts."""
+    from jaxalign.algorithms.run_sppo import judge_preference, reward_model_preference
+    from jaxalign.reward import PairwiseJudge
+    from tests.reward.tiny_lm import CFG, PARAMS, TOKENIZER
+
+    K = 3
+    groups = [[{**r, "completion": text} for r, text in zip(g, texts)]
+              for g, texts in zip(_groups(2, K), [["a good day", "the dark river", "we saw it"],
+                                                  ["a cold house", "kind and warm", "bright"]])]
+    calls = []
+
+    def scorer(prompts, completions):  # a stand-in reward model: longer is better
+        calls.append(len(completions))
+        return np.array([len(c) for c in completions], np.float32)
+
+    P = reward_model_preference(scorer)(groups)
+    s = np.array([[len(r["completion"]) for r in g] for g in groups], np.float32)
+    np.testing.assert_allclose(P, 1 / (1 + np.exp(-(s[:, :, None] - s[:, None, :]))), atol=1e-6)
+    assert calls == [2 * K]  # every candidate of the chunk in one batched call
+    judge = PairwiseJudge(CFG, PARAMS, TOKENIZER, template="{prompt} then {a} or {b} which",
+                          token_a="good", token_b="bad", max_length=64, min_bucket=32,
+                          batch_size=16)
+    records = [r for g in groups for r in g]
+    cols = preference_score_step(judge_preference(judge), K)(records)
+    direct = judge([g[0]["prompt"] for g in groups], [[r["completion"] for r in g] for g in groups])
+    np.testing.assert_allclose(cols["win_rate"], direct.mean(-1).reshape(-1), atol=1e-6)
+    np.testing.assert_allclose(cols["p_vs_1"], direct[:, :, 1].reshape(-1), atol=1e-6)

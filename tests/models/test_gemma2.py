@@ -30,6 +30,7 @@ from jaxalign.reward import load_reward_hf, reward_scores, save_reward_hf
 from jaxalign.reward.probe import next_token_logprobs
 from jaxalign.sampling import Sampler, stop_ids_from_checkpoint
 from jaxalign.train.lora import LoraConfig, init_lora, matched_kernels, merge
+from tests.sampling import helpers as sampling_helpers
 from tests.models.hf_tiny import GEMMA2, hf_logits, left_padded_batch, make_gemma2
 
 _forward = jax.jit(lambda cfg, p, t, pos, m: Transformer(cfg).apply({"params": p}, t, pos, m),
@@ -84,17 +85,7 @@ NEW = 10
 
 
 def _hf_greedy(model, prompts, pad=0):
-    P = max(map(len, prompts))
-    ids = torch.full((len(prompts), P), pad)
-    mask = torch.zeros((len(prompts), P), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, P - len(p):] = torch.tensor(p)
-        mask[i, P - len(p):] = 1
-    with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW,
-                             do_sample=False, pad_token_id=pad, eos_token_id=None,
-                             return_dict_in_generate=True, output_logits=True)
-    return out.sequences[:, P:].numpy(), torch.stack(out.logits, 1).float().numpy()
+    return sampling_helpers.hf_greedy(model, prompts, NEW, pad)
 
 
 @pytest.fixture(scope="module")

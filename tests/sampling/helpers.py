@@ -56,3 +56,19 @@ def save_checkpoint(directory: str, family: str = "llama", seed: int = 0,
         with open(os.path.join(directory, "generation_config.json"), "w") as fh:
             json.dump({"bos_token_id": BOS, "eos_token_id": stop_ids, "pad_token_id": PAD}, fh)
     return directory
+
+
+def hf_greedy(model, prompts, new: int, pad: int = PAD):
+    """Left-padded batch through HF `generate` (greedy, no stop id): (new tokens [B, new],
+    raw logits [B, new, V] float32)."""
+    P = max(map(len, prompts))
+    ids = torch.full((len(prompts), P), pad)
+    mask = torch.zeros((len(prompts), P), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p):] = torch.tensor(p)
+        mask[i, P - len(p):] = 1
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new,
+                             do_sample=False, pad_token_id=pad, eos_token_id=None,
+                             return_dict_in_generate=True, output_logits=True)
+    return out.sequences[:, P:].numpy(), torch.stack(out.logits, 1).float().numpy()

@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-import torch
 
 from jaxalign.models.hf import load_hf
 from jaxalign.sampling import Sampler
-from tests.sampling.helpers import PAD, VOCAB, make_hf_model
+from tests.sampling import helpers
+from tests.sampling.helpers import VOCAB, make_hf_model
 
 NEW = 12
 PROMPTS = [[5, 17, 9, 30, 11, 23, 8], [12, 40], [7, 7, 19, 33], [50]]  # ids < VOCAB
@@ -14,18 +14,7 @@ PROMPTS = [[5, 17, 9, 30, 11, 23, 8], [12, 40], [7, 7, 19, 33], [50]]  # ids < V
 
 def hf_greedy(model, prompts):
     """Left-padded batch through HF generate; returns (new tokens [B, NEW], raw logits)."""
-    P = max(map(len, prompts))
-    ids = torch.full((len(prompts), P), PAD)
-    mask = torch.zeros((len(prompts), P), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, P - len(p):] = torch.tensor(p)
-        mask[i, P - len(p):] = 1
-    with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW,
-                             do_sample=False, pad_token_id=PAD, eos_token_id=None,
-                             return_dict_in_generate=True, output_logits=True)
-    logits = torch.stack(out.logits, 1).float().numpy()  # [B, NEW, V]
-    return out.sequences[:, P:].numpy(), logits
+    return helpers.hf_greedy(model, prompts, NEW)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
