@@ -39,9 +39,14 @@ Results (candidates/s; ratios jaxalign / transformers; ceiling: see above):
 
 | config | N x K, T | jaxalign | (b) bs=1 | (c) bs=K | (c) bs=32 | /(b) | /(c)K | /(c)32 | ceil |
 |---|---|---|---|---|---|---|---|---|---|
-| bench-100m | 32 x 5, 64 + 192 | to fill: quiet machine | | | | | | | |
+| bench-100m (N=8, batch 8, 1 rep)** | 8 x 5, 64 + 192 | 1.39 | 1.26 | 1.36 | 1.39 (bs=8) | 1.10x | 1.02x | 1.00x | 1.71 (81%) |
 | bench-tiny (--quick)* | 4 x 5, 16 + 48 | 283 | 17.9 | 41.0 | 66.3 | 15.8x | 6.90x | 4.27x | 2195 |
 
+**2026-12-05, 2-core CPU VM, otherwise idle (`--prompts 8 --batch 8 --reps 1`: the default
+N=32 with 3 repetitions did not finish in 30 min here; the matmul peak measured 70 GFLOP/s
+in that run). Matrices agree to 6.6e-07. On CPU a 256-token forward is compute-bound at any
+batch size, so batching gains little here; the official pipeline's batch-size-1 ranking costs
+most on accelerators, where one sequence leaves the chip idle (not measured: no GPU session).
 *2 cores under load 5 from other jobs (torch's 2 OpenMP threads suffer most from that): it shows
 the output, it is not a measurement.
 """
