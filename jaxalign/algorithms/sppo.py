@@ -235,8 +235,9 @@ def run_sppo(s: SppoSettings, *, policy: tuple, tokenizer, splits: Sequence[Sequ
     policy: (ModelConfig, params), pi_0. splits: one list of {"id", "prompt"} per iteration,
     disjoint. preference: see `PreferenceStep` (`sppo_gym.oracle_preference`,
     `run_sppo.reward_model_preference`, `run_sppo.judge_preference`). optim: make_optimizer
-    arguments (total_steps and warmup_steps are set per iteration from the rows and
-    `s.epochs`, `s.warmup_ratio`). max_len: the sampler's cache and the rows' length.
+    arguments (total_steps = ceil(s.epochs x the split's prompts / batch_size) and warmup_steps
+    = ceil(s.warmup_ratio x total_steps) are set per iteration). max_len: the sampler's cache
+    and the rows' length.
     """
     check_splits(splits, s.iterations)
     event = on_event or (lambda name: None)
