@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import fnmatch
 import os
+import sys
 from typing import NamedTuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,8 +26,10 @@ class Rule(NamedTuple):
 
 
 # unit (a package folder or a top-level module of jaxalign/) -> its rule. Bottom to top:
-# -1  the base: io.py (atomic and committed files, the workdir lock) and checksum.py; they
-#     import nothing of ours, and every unit may import them (data/toy.py writes atomically).
+# -1  the base: io.py (atomic and committed files, the workdir lock), checksum.py and kernels
+#     (the repository's top-level kernels/ folder, installed as jaxalign.kernels: Pallas kernels
+#     and their references, importing only jax); they import nothing of ours, and every unit
+#     may import them (data/toy.py writes atomically, models attend with the kernels).
 #  0  leaves: pure array functions (losses), data, meshes, I/O helpers; no model in sight.
 #  1  models: Flax modules and HF weights; know nothing of training or preferences.
 #  2  sampling (decoding) and train (step, optimizer, checkpoints): two consumers of a model
@@ -40,9 +43,8 @@ class Rule(NamedTuple):
 #  6  gym: synthetic experiments built from the loops (never from a runner's config plumbing).
 #  7  the entry point and the demo: nothing imports them.
 RULES = {
-    "io.py": Rule(-1), "checksum.py": Rule(-1),
+    "io.py": Rule(-1), "checksum.py": Rule(-1), "kernels": Rule(-1),
     "__init__.py": Rule(0), "data": Rule(0), "losses": Rule(0), "sharding.py": Rule(0),
-    "kernels": Rule(0),
     "models": Rule(1),
     "sampling": Rule(2), "train": Rule(2),
     "reward": Rule(3, never=("train/*",)),
@@ -53,6 +55,15 @@ RULES = {
 }
 RUNNERS = ("algorithms/run_*.py", "main.py", "__main__.py")
 OUTSIDE = ("experiments", "tests", "benchmarks")  # above the library: never imported by it
+ELSEWHERE = {"kernels": "kernels"}  # units of jaxalign that live at the repository top (root/...)
+
+
+def _source(lib: str, path: str) -> str:
+    """The file of `path` (relative to jaxalign/): "kernels/x.py" -> root/kernels/x.py."""
+    head, _, rest = path.partition("/")
+    if head in ELSEWHERE:
+        return os.path.join(os.path.dirname(lib), ELSEWHERE[head], rest)
+    return os.path.join(lib, path)
 
 
 def unit_of(path: str) -> str | None:
@@ -64,7 +75,7 @@ def unit_of(path: str) -> str | None:
 def _module_path(lib: str, dotted: str) -> str | None:
     """"jaxalign.reward.arm" -> "reward/arm.py" (a package -> its __init__.py), None if absent."""
     rel = dotted.split(".")[1:]
-    base = os.path.join(lib, *rel)
+    base = _source(lib, "/".join(rel))
     if os.path.isdir(base):
         return "/".join(rel + ["__init__.py"])
     if os.path.isfile(base + ".py"):
@@ -75,7 +86,7 @@ def _module_path(lib: str, dotted: str) -> str | None:
 def imports_of(lib: str, path: str) -> list[tuple[int, str]]:
     """[(line, dotted module)] that the module at `path` (relative to `lib`) imports, with
     `from pkg import sub` read as importing the submodule pkg.sub when there is one."""
-    with open(os.path.join(lib, path)) as fh:
+    with open(_source(lib, path)) as fh:
         tree = ast.parse(fh.read(), path)
     package = ["jaxalign"] + path.split("/")[:-1]
     out = []
@@ -95,48 +106,73 @@ def imports_of(lib: str, path: str) -> list[tuple[int, str]]:
     return out
 
 
+def _library_files(root: str) -> list[str]:
+    """Every module of jaxalign, relative to jaxalign/ (those of ELSEWHERE included)."""
+    lib = os.path.join(root, "jaxalign")
+    tops = [(lib, "")] + [(os.path.join(root, folder), unit + "/")
+                          for unit, folder in ELSEWHERE.items()]
+    paths = []
+    for top, prefix in tops:
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+            for name in sorted(f for f in filenames if f.endswith(".py")):
+                rel = os.path.relpath(os.path.join(dirpath, name), top).replace(os.sep, "/")
+                paths.append(prefix + rel)
+    return paths
+
+
 def check_layers(root: str) -> list[str]:
     """Every violation in `root/jaxalign` as "file:line: message" ([] when the layers hold)."""
     lib = os.path.join(root, "jaxalign")
     problems = []
-    for dirpath, dirnames, filenames in os.walk(lib):
-        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
-        for name in sorted(f for f in filenames if f.endswith(".py")):
-            path = os.path.relpath(os.path.join(dirpath, name), lib).replace(os.sep, "/")
-            unit = unit_of(path)
-            if unit is None:
-                problems.append(f"jaxalign/{path}: cannot place it in a layer (add it to RULES)")
+    for path in _library_files(root):
+        unit = unit_of(path)
+        if unit is None:
+            problems.append(f"jaxalign/{path}: cannot place it in a layer (add it to RULES)")
+            continue
+        rule = RULES[unit]
+        for line, module in imports_of(lib, path):
+            where = f"jaxalign/{path}:{line}: imports {module}"
+            top = module.split(".")[0]
+            if top in OUTSIDE:
+                problems.append(f"{where}: {top}/ sits above the library")
+            if top != "jaxalign" or module == "jaxalign":
                 continue
-            rule = RULES[unit]
-            for line, module in imports_of(lib, path):
-                where = f"jaxalign/{path}:{line}: imports {module}"
-                top = module.split(".")[0]
-                if top in OUTSIDE:
-                    problems.append(f"{where}: {top}/ sits above the library")
-                if top != "jaxalign" or module == "jaxalign":
-                    continue
-                target = _module_path(lib, module)
-                target_unit = unit_of(target) if target else None
-                if target_unit is None:
-                    problems.append(f"{where}: cannot place the imported module")
-                    continue
-                if target_unit == unit or target_unit == "__init__.py":
-                    continue
-                layer = RULES[target_unit].layer
-                if any(fnmatch.fnmatch(target, g) for g in rule.never):
-                    problems.append(f"{where}: {unit} must never import {target}")
-                elif layer > rule.layer:
-                    problems.append(f"{where}: layer {rule.layer} ({unit}) imports layer "
-                                    f"{layer} ({target_unit}), above it")
-                elif layer == rule.layer and target_unit not in rule.also:
-                    problems.append(f"{where}: {unit} and {target_unit} share layer {layer} "
-                                    f"and must not import each other")
+            target = _module_path(lib, module)
+            target_unit = unit_of(target) if target else None
+            if target_unit is None:
+                problems.append(f"{where}: cannot place the imported module")
+                continue
+            if target_unit == unit or target_unit == "__init__.py":
+                continue
+            layer = RULES[target_unit].layer
+            if any(fnmatch.fnmatch(target, g) for g in rule.never):
+                problems.append(f"{where}: {unit} must never import {target}")
+            elif layer > rule.layer:
+                problems.append(f"{where}: layer {rule.layer} ({unit}) imports layer "
+                                f"{layer} ({target_unit}), above it")
+            elif layer == rule.layer and target_unit not in rule.also:
+                problems.append(f"{where}: {unit} and {target_unit} share layer {layer} "
+                                f"and must not import each other")
     return problems
 
 
 def test_jaxalign_imports_only_downward():
     problems = check_layers(ROOT)
     assert not problems, "\n".join(problems)
+
+
+def test_kernels_import_only_jax_numpy_and_the_standard_library():
+    """kernels/ must run where only jax is installed (the GPU image lacks flax and friends)."""
+    lib = os.path.join(ROOT, "jaxalign")
+    allowed = {"jax", "numpy", "jaxalign", "__future__"} | set(sys.stdlib_module_names)
+    found = [f"kernels/{path}:{line}: {module}"
+             for path in _library_files(ROOT) if path.startswith("kernels/")
+             for line, module in imports_of(lib, path)
+             if module.split(".")[0] not in allowed
+             or (module.startswith("jaxalign") and not module.startswith("jaxalign.kernels"))]
+    assert [p for p in _library_files(ROOT) if p.startswith("kernels/")], "no kernels/ found"
+    assert not found, found
 
 
 def test_gym_and_reward_import_no_runner():
@@ -199,3 +235,16 @@ def test_io_and_checksum_sit_below_layer_zero(tmp_path):
         "must not import each other",
         "jaxalign/losses/__init__.py:1: imports jaxalign.data: losses and data share layer 0 and "
         "must not import each other"], "\n".join(problems)
+
+
+def test_kernels_at_the_top_are_checked_as_the_base_layer(tmp_path):
+    _write(tmp_path, "__init__.py")
+    _write(tmp_path, "losses/__init__.py", "from jaxalign.kernels import ops\n")  # allowed
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels" / "__init__.py").write_text("")
+    (tmp_path / "kernels" / "ops.py").write_text("from . import _base\nfrom jaxalign import losses\n")
+    (tmp_path / "kernels" / "_base.py").write_text("import jax\n")
+    problems = check_layers(str(tmp_path))
+    assert problems == [
+        "jaxalign/kernels/ops.py:2: imports jaxalign.losses: layer -1 (kernels) imports layer 0 "
+        "(losses), above it"], "\n".join(problems)

@@ -27,7 +27,7 @@ from jaxalign.sharding import check_batch_rows
 from jaxalign.train.optim import make_optimizer
 from jaxalign.train.trainer import LoopConfig, place_params
 
-OVERRIDES = ("dtype", "param_dtype", "remat", "scan_layers")
+OVERRIDES = ("dtype", "param_dtype", "remat", "scan_layers", "attention_impl", "logprob_impl")
 
 
 class Mapped:
@@ -77,7 +77,8 @@ def load_tokenizer(spec: str):
 
 
 def model_overrides(mc) -> dict:
-    """The `model` section's dtype / remat / scan overrides present in the config."""
+    """The `model` section's execution overrides present in the config (dtype, remat, scan,
+    attention and log-prob implementations)."""
     return {k: mc[k] for k in OVERRIDES if k in mc}
 
 

@@ -8,17 +8,16 @@ aligned with `tokens[:, 1:]` (shape [B, T-1], zero where masked) together with t
 Two ways to get the same numbers:
 - from logits `[B, T, V]` (`token_logprobs`, `shifted_token_logprobs`);
 - from final hidden states `[B, T, D]` and the unembedding `[D, V]`
-  (`token_logprobs_from_hidden`, `shifted_token_logprobs_from_hidden`), which never holds more
-  than one chunk of logits: it maps over chunks of the sequence and recomputes each chunk in
-  the backward pass (the rematerialisation of `jax.checkpoint`, written as a custom VJP), so
-  peak memory is O(B * chunk * V) instead of O(B * T * V).
+  (`token_logprobs_from_hidden`, `shifted_token_logprobs_from_hidden`), which never hold the
+  [B, T, V] logits: `jaxalign.kernels.logprobs` computes them a chunk or a tile at a time and
+  recomputes them in the backward pass (`impl="xla"`: chunks of the sequence, peak
+  O(B * chunk * V); `impl="pallas"`: a fused kernel, tiles of positions x vocabulary).
 
 Everything is accumulated in float32 whatever the input dtype (float64 if given float64).
 """
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from jaxalign.kernels import logprobs as _kernel
 from jaxalign.losses import _checks
 
 
@@ -42,86 +42,6 @@ def token_logprobs(
     return target_logit_BxT - lse_BxT
 
 
-def _acc_dtype(*arrays):
-    """float32, or float64 when an input is float64."""
-    return jnp.result_type(jnp.float32, *arrays)
-
-
-def _chunk_logits(h_BxCxD, unembed_DxV, bias_V, softcap):
-    dtype = _acc_dtype(h_BxCxD, unembed_DxV, bias_V)
-    logits_BxCxV = jnp.einsum("bcd,dv->bcv", h_BxCxD, unembed_DxV, preferred_element_type=dtype)
-    logits_BxCxV = logits_BxCxV + bias_V.astype(dtype)
-    if softcap is not None:  # Gemma-2's final soft-cap: cap * tanh(logits / cap)
-        logits_BxCxV = softcap * jnp.tanh(logits_BxCxV / softcap)
-    return logits_BxCxV
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _chunked_logprobs(hidden_NxBxCxD, unembed_DxV, bias_V, targets_NxBxC, vocab_block, softcap):
-    return _chunked_logprobs_fwd(hidden_NxBxCxD, unembed_DxV, bias_V, targets_NxBxC,
-                                 vocab_block, softcap)[0]
-
-
-def _chunked_logprobs_fwd(hidden_NxBxCxD, unembed_DxV, bias_V, targets_NxBxC, vocab_block,
-                          softcap):
-    def chunk(args):
-        h_BxCxD, t_BxC = args
-        logits_BxCxV = _chunk_logits(h_BxCxD, unembed_DxV, bias_V, softcap)
-        lse_BxC = jax.nn.logsumexp(logits_BxCxV, axis=-1)
-        target_BxC = jnp.take_along_axis(logits_BxCxV, t_BxC[..., None], axis=-1)[..., 0]
-        return target_BxC - lse_BxC, lse_BxC
-
-    logps_NxBxC, lse_NxBxC = jax.lax.map(chunk, (hidden_NxBxCxD, targets_NxBxC))
-    return logps_NxBxC, (hidden_NxBxCxD, unembed_DxV, bias_V, targets_NxBxC, lse_NxBxC)
-
-
-def _add_weight_grad(dW_DxV, h_BxCxD, dlogits_BxCxV, vocab_block):
-    """dW += h^T @ dlogits, one [D, vocab_block] slice at a time, updated in place."""
-    V = dW_DxV.shape[1]
-    Vb = min(vocab_block, V)
-
-    def add_block(dW_DxV, start, size):
-        dlogits_b = jax.lax.dynamic_slice_in_dim(dlogits_BxCxV, start, size, axis=2)
-        update_DxVb = jnp.einsum("bcd,bcv->dv", h_BxCxD, dlogits_b,
-                                 preferred_element_type=dW_DxV.dtype)
-        old_DxVb = jax.lax.dynamic_slice_in_dim(dW_DxV, start, size, axis=1)
-        return jax.lax.dynamic_update_slice_in_dim(dW_DxV, old_DxVb + update_DxVb, start, axis=1)
-
-    dW_DxV = jax.lax.fori_loop(0, V // Vb, lambda j, dW: add_block(dW, j * Vb, Vb), dW_DxV)
-    if V % Vb:
-        dW_DxV = add_block(dW_DxV, V - V % Vb, V % Vb)
-    return dW_DxV
-
-
-def _chunked_logprobs_bwd(vocab_block, softcap, residuals, g_NxBxC):
-    hidden_NxBxCxD, unembed_DxV, bias_V, targets_NxBxC, lse_NxBxC = residuals
-    V = unembed_DxV.shape[1]
-
-    def chunk(carry, args):
-        dW_DxV, db_V = carry
-        h_BxCxD, t_BxC, lse_BxC, g_BxC = args
-        # recomputed, not stored
-        logits_BxCxV = _chunk_logits(h_BxCxD, unembed_DxV, bias_V, softcap)
-        probs_BxCxV = jnp.exp(logits_BxCxV - lse_BxC[..., None])
-        onehot_BxCxV = jax.nn.one_hot(t_BxC, V, dtype=probs_BxCxV.dtype)
-        dlogits_BxCxV = g_BxC[..., None] * (onehot_BxCxV - probs_BxCxV)
-        if softcap is not None:  # d(cap tanh(x / cap))/dx = 1 - tanh^2 = 1 - (capped / cap)^2
-            dlogits_BxCxV = dlogits_BxCxV * (1 - jnp.square(logits_BxCxV / softcap))
-        dh_BxCxD = jnp.einsum("bcv,dv->bcd", dlogits_BxCxV, unembed_DxV,
-                              preferred_element_type=dlogits_BxCxV.dtype)
-        dW_DxV = _add_weight_grad(dW_DxV, h_BxCxD, dlogits_BxCxV, vocab_block)
-        return (dW_DxV, db_V + dlogits_BxCxV.sum((0, 1))), dh_BxCxD.astype(h_BxCxD.dtype)
-
-    dtype = _acc_dtype(hidden_NxBxCxD, unembed_DxV, bias_V)
-    init = (jnp.zeros(unembed_DxV.shape, dtype), jnp.zeros(bias_V.shape, dtype))
-    (dW_DxV, db_V), dh_NxBxCxD = jax.lax.scan(
-        chunk, init, (hidden_NxBxCxD, targets_NxBxC, lse_NxBxC, g_NxBxC))
-    return dh_NxBxCxD, dW_DxV.astype(unembed_DxV.dtype), db_V.astype(bias_V.dtype), None
-
-
-_chunked_logprobs.defvjp(_chunked_logprobs_fwd, _chunked_logprobs_bwd)
-
-
 def token_logprobs_from_hidden(
     *,
     hidden_BxTxD: Float[Array, "B T D"],
@@ -131,22 +51,19 @@ def token_logprobs_from_hidden(
     chunk_size: int = 128,
     vocab_block: int = 8192,
     softcap: float | None = None,
+    impl: str = "xla",
+    **pallas_options,
 ) -> Float[Array, "B T"]:
     """`token_logprobs(logits = hidden @ unembed + bias)` without materialising [B, T, V];
     with `softcap`, of `softcap * tanh(logits / softcap)` (Gemma-2's final soft-cap), applied
     per chunk in the forward and the backward pass.
 
-    The sequence is split into chunks of `chunk_size` positions (padded at the end); each chunk
-    computes its [B, chunk, V] logits in float32, reduces them to [B, chunk] and drops them. The
-    backward pass recomputes each chunk's logits from the saved inputs and log-sum-exp (the
-    rematerialisation `jax.checkpoint` would do) and adds the chunk's unembedding gradient one
-    [D, vocab_block] slice at a time, in place. Gradients flow to `hidden_BxTxD`, `unembed_DxV`
-    and `bias_V` (first order, reverse mode only).
-
-    Why a custom VJP rather than `jax.checkpoint` around the chunk: autodiff of a checkpointed
-    chunk adds each chunk's full [D, V] weight gradient as a separate temporary before the
-    accumulation (1 GiB for D=2048, V=128k on XLA:CPU), which alone costs as much as a quarter
-    of the logits it saves; see benchmarks/logprob_memory.py.
+    `impl` names the implementation (`jaxalign.kernels.logprobs`): "xla" (default), chunks of
+    `chunk_size` positions whose logits are recomputed in the backward pass and whose weight
+    gradient is added one [D, vocab_block] slice at a time; "pallas", the fused kernel tiled
+    over positions and vocabulary with an online log-sum-exp (`pallas_options`: block sizes,
+    `backend`, `interpret`). Gradients flow to `hidden_BxTxD`, `unembed_DxV` and `bias_V`
+    (first order, reverse mode only).
     """
     _checks.check_rank("hidden_BxTxD", hidden_BxTxD, 3)
     _checks.check_rank("unembed_DxV", unembed_DxV, 2)
@@ -166,17 +83,11 @@ def token_logprobs_from_hidden(
                              f"{type(softcap).__name__}")
         _checks.check_positive("softcap", softcap)
         softcap = float(softcap)
-
-    C = min(chunk_size, T)
-    N = -(-T // C)  # number of chunks
-    pad = N * C - T
-    hidden_BxNxCxD = jnp.pad(hidden_BxTxD, ((0, 0), (0, pad), (0, 0))).reshape(B, N, C, D)
-    targets_NxBxC = jnp.pad(targets_BxT, ((0, 0), (0, pad))).reshape(B, N, C).swapaxes(0, 1)
-    if bias_V is None:
-        bias_V = jnp.zeros((V,), unembed_DxV.dtype)
-    logps_NxBxC = _chunked_logprobs(
-        hidden_BxNxCxD.swapaxes(0, 1), unembed_DxV, bias_V, targets_NxBxC, vocab_block, softcap)
-    return logps_NxBxC.swapaxes(0, 1).reshape(B, N * C)[:, :T]
+    if impl not in _kernel.IMPLS:
+        raise ValueError(f"impl must be one of {_kernel.IMPLS}, got {impl!r}")
+    return _kernel.token_logprobs(hidden_BxTxD, unembed_DxV, targets_BxT, bias_V,
+                                  softcap=softcap, impl=impl, chunk_size=chunk_size,
+                                  vocab_block=vocab_block, **pallas_options)
 
 
 def _next_token_targets(tokens_BxT, completion_mask_BxT):
@@ -223,13 +134,17 @@ def shifted_token_logprobs_from_hidden(
     chunk_size: int = 128,
     vocab_block: int = 8192,
     softcap: float | None = None,
+    impl: str = "xla",
+    **pallas_options,
 ) -> tuple[Float[Array, "B T-1"], Bool[Array, "B T-1"]]:
     """`shifted_token_logprobs` from hidden states, memory-lean (see the module docstring);
-    `softcap`: the logits are soft-capped first (`token_logprobs_from_hidden`)."""
+    `softcap`: the logits are soft-capped first; `impl`: "xla" or "pallas"
+    (`token_logprobs_from_hidden`)."""
     targets_BxT, mask_BxT = _next_token_targets(tokens_BxT, completion_mask_BxT)
     logps_BxT = token_logprobs_from_hidden(
         hidden_BxTxD=hidden_BxTxD, unembed_DxV=unembed_DxV, targets_BxT=targets_BxT,
-        bias_V=bias_V, chunk_size=chunk_size, vocab_block=vocab_block, softcap=softcap)
+        bias_V=bias_V, chunk_size=chunk_size, vocab_block=vocab_block, softcap=softcap,
+        impl=impl, **pallas_options)
     return jnp.where(mask_BxT, logps_BxT, 0.0)[:, :-1], mask_BxT[:, :-1]
 
 

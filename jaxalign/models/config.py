@@ -23,6 +23,8 @@ Family = Literal["llama", "mistral", "qwen2", "gpt2", "gemma2"]
 FAMILIES = ("llama", "mistral", "qwen2", "gpt2", "gemma2")
 LAYER_TYPES = ("sliding_attention", "full_attention")  # Hugging Face's names
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh")  # of the gated MLP: SwiGLU, GeGLU (tanh GELU)
+ATTENTION_IMPLS = (None, "xla", "cudnn", "pallas")
+LOGPROB_IMPLS = ("xla", "pallas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +93,13 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat: Literal["none", "full", "dots"] = "none"
     scan_layers: bool = False  # lax.scan over the (always stacked) layer params: fast compiles
-    attention_impl: str | None = None  # passed to jax.nn.dot_product_attention ("cudnn", ...)
+    # None / "xla": XLA attention; "cudnn": jax.nn.dot_product_attention's cuDNN kernel for full
+    # sequences; "pallas": the decode step runs jaxalign.kernels.decode_attention's Pallas kernel
+    # (full sequences stay on XLA). On CPU Pallas runs in its interpreter (slow: tests only).
+    attention_impl: str | None = None
+    # log-probs from hidden states (`lean`): "xla" (chunked) or "pallas" (fused kernel, which
+    # implies lean), see jaxalign.kernels.logprobs
+    logprob_impl: str = "xla"
 
     def __post_init__(self):
         for name in _COUNTS:  # a string "64" or a float 2.0 would fail deep inside JAX later
@@ -116,6 +124,12 @@ class ModelConfig:
         for name in ("attn_logit_softcap", "final_logit_softcap", "query_pre_attn_scalar"):
             if getattr(self, name) is not None:
                 _check_positive(f"ModelConfig.{name}", getattr(self, name))
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"ModelConfig.attention_impl: unsupported {self.attention_impl!r} "
+                             f"(supported: {ATTENTION_IMPLS})")
+        if self.logprob_impl not in LOGPROB_IMPLS:
+            raise ValueError(f"ModelConfig.logprob_impl: unsupported {self.logprob_impl!r} "
+                             f"(supported: {LOGPROB_IMPLS})")
         if self.hidden_activation not in ACTIVATIONS:
             raise ValueError(f"ModelConfig.hidden_activation: unsupported "
                              f"{self.hidden_activation!r} (supported: {ACTIVATIONS})")

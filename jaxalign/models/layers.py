@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxalign.kernels import decode_attention as attention_kernels
+from jaxalign.kernels import softcap
 from jaxalign.models.config import ModelConfig
 
 
@@ -102,37 +104,6 @@ def make_norm(cfg: ModelConfig, name: str) -> nn.Module:
     return LayerNorm(cfg, name=name) if cfg.is_gpt2 else RMSNorm(cfg, name=name)
 
 
-def softcap(x, cap: float | None):
-    """Gemma-2's soft-capping `cap * tanh(x / cap)` (identity when cap is None)."""
-    return x if cap is None else cap * jnp.tanh(x / cap)
-
-
-def decode_attention(q_Bx1xQxH, k_BxMxHxS, v_BxMxSxH, mask_Bx1x1xS, scale: float | None = None,
-                     cap: float | None = None):
-    """Grouped-query attention of one new token over a layer's cache (`KVCache` layout):
-    `jax.nn.dot_product_attention` with T = 1, [B, 1, Q, H] out. Scores are multiplied by
-    `scale` (None: H ** -0.5) and soft-capped at `cap` (None: not) before the mask.
-
-    The E = Q / M queries of each KV head are grouped ([B, M, E, H]) and both products are
-    plain batched matmuls over the cache as it lies: keys [B, M, H, S], values [B, M, S, H].
-    Measured on 2 CPU cores (batch 32, 159 slots, 12 layers of 4 KV heads x 3 queries x 64):
-    10 ms per step, against 27 ms for the same products on a [B, S, M, H] cache (which XLA
-    transposes first) and 50 ms for `jax.nn.dot_product_attention` (one [1, H] x [H, S]
-    product per query head).
-    """
-    B, _, Q, H = q_Bx1xQxH.shape
-    M = k_BxMxHxS.shape[1]
-    q_BxMxExH = q_Bx1xQxH.reshape(B, M, Q // M, H)
-    s_BxMxExS = jnp.einsum("bmeh,bmhs->bmes", q_BxMxExH, k_BxMxHxS,
-                           preferred_element_type=jnp.float32) * (scale or H ** -0.5)
-    s_BxMxExS = softcap(s_BxMxExS, cap)
-    s_BxMxExS = jnp.where(mask_Bx1x1xS[:, :, :1], s_BxMxExS, -jnp.inf)  # own slot always valid
-    p_BxMxExS = jax.nn.softmax(s_BxMxExS, axis=-1).astype(v_BxMxSxH.dtype)
-    out_BxMxExH = jnp.einsum("bmes,bmsh->bmeh", p_BxMxExS, v_BxMxSxH,
-                             preferred_element_type=jnp.float32)
-    return out_BxMxExH.reshape(B, 1, Q, H).astype(q_Bx1xQxH.dtype)
-
-
 def capped_attention(q_BxTxQxH, k_BxMxHxS, v_BxMxSxH, mask_Bx1xTxS, scale: float,
                      cap: float | None):
     """Grouped-query attention of T queries with soft-capped scores (Gemma-2), written out
@@ -177,6 +148,8 @@ class Attention(nn.Module):
     `mask_Bx1xTxS` says which slot each query may see (causal order, padding, sliding window).
     A soft-capped model (`cfg.attn_logit_softcap`) runs `capped_attention` / `decode_attention`
     with the cap; the others the fused kernel (scaled by `cfg.query_pre_attn_scalar` if set).
+    One-token steps run `jaxalign.kernels.decode_attention` over the cache as it lies: its XLA
+    reference, or its Pallas kernel with `cfg.attention_impl="pallas"`.
     Writing into the cache as it is carried (not into a copy of the layer that is then written
     back) keeps a decode step from copying the cache.
     """
@@ -196,9 +169,10 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *sin_cos), apply_rope(k, *sin_cos)
         scale = None if cfg.query_pre_attn_scalar is None else cfg.attn_scale
         cap = cfg.attn_logit_softcap
+        impl = cfg.attention_impl  # "pallas" is ours (decode steps); the rest is XLA's choice
         attend = lambda k, v: jax.nn.dot_product_attention(
             q, k.astype(q.dtype), v.astype(q.dtype), mask=mask_Bx1xTxS, scale=scale,
-            implementation=cfg.attention_impl)
+            implementation=None if impl == "pallas" else impl)
         if kv_cache is None and cap is not None:
             k_BxMxHxT, v_BxMxTxH = jnp.transpose(k, (0, 2, 3, 1)), jnp.transpose(v, (0, 2, 1, 3))
             out = capped_attention(q, k_BxMxHxT, v_BxMxTxH, mask_Bx1xTxS, cfg.attn_scale, cap)
@@ -207,9 +181,10 @@ class Attention(nn.Module):
         else:
             ck, cv, k_BxMxHxS, v_BxMxSxH = write_cache(*kv_cache, k, v, write_index)
             kv_cache = (ck, cv)
-            if T == 1 and (cfg.attention_impl is None or cap is not None):
-                out = decode_attention(q, k_BxMxHxS.astype(q.dtype), v_BxMxSxH.astype(q.dtype),
-                                       mask_Bx1xTxS, scale, cap)
+            if T == 1 and (impl in (None, "xla", "pallas") or cap is not None):
+                out = attention_kernels.decode_attention(
+                    q, k_BxMxHxS.astype(q.dtype), v_BxMxSxH.astype(q.dtype), mask_Bx1xTxS, scale,
+                    cap, impl="pallas" if impl == "pallas" else "xla")
             elif cap is not None:
                 out = capped_attention(q, k_BxMxHxS.astype(q.dtype), v_BxMxSxH.astype(q.dtype),
                                        mask_Bx1xTxS, cfg.attn_scale, cap)

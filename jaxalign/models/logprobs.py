@@ -6,7 +6,8 @@
 The forward is `Transformer(cfg)` on left- or right-padded rows (positions from `mask`); the
 arithmetic is `jaxalign.losses` (`shifted_token_logprobs`, `sequence_logprobs`), float32.
 `lean=True` takes the log-probs from the final hidden states and the unembedding in chunks
-(`losses.shifted_token_logprobs_from_hidden`), never materialising the [B, T, V] logits.
+(`losses.shifted_token_logprobs_from_hidden`), never materialising the [B, T, V] logits, by
+the XLA chunked path or the fused Pallas kernel (`cfg.logprob_impl`).
 Used by the preference and SFT objectives (`jaxalign.objectives`), the gym's evaluation and
 GenARM's ARM (`jaxalign.reward.arm`).
 """
@@ -26,7 +27,9 @@ def completion_token_logprobs(
 ) -> tuple[Float[Array, "B T-1"], Bool[Array, "B T-1"]]:
     """(token log-probs [B, T-1] float32, mask [B, T-1] bool): entry t is
     log pi(tokens[:, t+1] | tokens[:, :t+1]) where `loss_mask_BxT[:, t+1]` (a completion token,
-    inside `mask_BxT`), else 0; the mask is `loss_mask_BxT[:, 1:]`."""
+    inside `mask_BxT`), else 0; the mask is `loss_mask_BxT[:, 1:]`. `cfg.logprob_impl="pallas"`
+    takes them from the hidden states with the fused kernel (lean whatever `lean` says)."""
+    lean = lean or cfg.logprob_impl == "pallas"
     # parent=None: an unbound module, so this also runs inside another module's method (the ARM)
     logits_BxTxV, _, hidden_BxTxD = Transformer(cfg, parent=None).apply(
         {"params": params}, tokens_BxT, positions_from_mask(mask_BxT), mask_BxT,
@@ -35,7 +38,8 @@ def completion_token_logprobs(
         return losses.shifted_token_logprobs_from_hidden(
             tokens_BxT=tokens_BxT, hidden_BxTxD=hidden_BxTxD,
             unembed_DxV=unembedding(cfg, params), completion_mask_BxT=loss_mask_BxT,
-            softcap=cfg.final_logit_softcap)  # as Transformer.logits applies it
+            softcap=cfg.final_logit_softcap,  # as Transformer.logits applies it
+            impl=cfg.logprob_impl)
     return losses.shifted_token_logprobs(
         tokens_BxT=tokens_BxT, logits_BxTxV=logits_BxTxV, completion_mask_BxT=loss_mask_BxT)
 

@@ -48,7 +48,7 @@ def _config_dict(model_cfg) -> dict:
 
 def _compare(saved: dict, current: dict, where: str) -> None:
     for key in sorted(set(saved) | set(current)):
-        if key in ("dtype", "remat", "scan_layers", "attention_impl"):
+        if key in ("dtype", "remat", "scan_layers", "attention_impl", "logprob_impl"):
             continue  # execution choices: safe to change between runs
         if saved.get(key) != current.get(key):
             raise CheckpointMismatch(

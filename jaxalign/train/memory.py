@@ -57,7 +57,8 @@ def activation_bytes(cfg: ModelConfig, rows: int, seq_len: int, lean_logprobs: b
         per_layer = tokens * (6 * d + 2 * kv + 3 * f) * act
         per_layer += rows * cfg.num_heads * seq_len**2 * 4  # float32 attention probabilities
         layers = cfg.num_layers * per_layer
-    logits = 0 if lean_logprobs else 2 * tokens * cfg.vocab_size * 4
+    lean = lean_logprobs or cfg.logprob_impl == "pallas"  # the fused kernel is always lean
+    logits = 0 if lean else 2 * tokens * cfg.vocab_size * 4
     return int(layers + logits)
 
 
