@@ -6,10 +6,12 @@ kernel (`attention_impl="pallas"`) give what the XLA paths give, within float to
 """
 
 import jax
+import ml_collections
 import numpy as np
 import optax
 import pytest
 
+from jaxalign.algorithms.runner import resolve_model_config
 from jaxalign.models import ModelConfig, init_params
 from jaxalign.objectives import preference_objective
 from jaxalign.sampling import Sampler
@@ -56,3 +58,14 @@ def test_greedy_decoding_with_the_decode_kernel_equals_the_xla_decode(cfg):
     pallas = Sampler(cfg.replace(attention_impl="pallas"), params, max_len=24, buckets=(8,))(**kw)
     np.testing.assert_array_equal(pallas.tokens, xla.tokens)
     np.testing.assert_allclose(pallas.model_logprobs, xla.model_logprobs, rtol=1e-5, atol=1e-5)
+
+
+def test_the_config_selects_the_kernels_by_name():
+    section = ml_collections.ConfigDict(dict(preset="bench-tiny", logprob_impl="pallas",
+                                             attention_impl="pallas"))
+    cfg = resolve_model_config(section)
+    assert (cfg.logprob_impl, cfg.attention_impl) == ("pallas", "pallas")
+    with pytest.raises(ValueError, match=r"ModelConfig.logprob_impl: unsupported 'triton'"):
+        cfg.replace(logprob_impl="triton")
+    with pytest.raises(ValueError, match=r"ModelConfig.attention_impl: unsupported 'flash'"):
+        cfg.replace(attention_impl="flash")
