@@ -6,6 +6,7 @@ and a built wheel installed outside the checkout imports the kernels from itself
 
 import math
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -32,8 +33,14 @@ def test_pyproject_lists_every_package_and_maps_kernels():
 
 
 def test_wheel_installs_kernels_under_jaxalign_and_imports_them_from_there(tmp_path):
+    source = tmp_path / "source"  # a copy: building in the checkout would leave build/ there
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("jaxalign", "kernels"):
+        shutil.copytree(os.path.join(ROOT, name), source / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(tmp_path / "dist"), ROOT],
+                    "--no-build-isolation", "-w", str(tmp_path / "dist"), str(source)],
                    check=True, capture_output=True, timeout=300)
     (wheel,) = (tmp_path / "dist").glob("jaxalign-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
