@@ -104,22 +104,43 @@ def make_norm(cfg: ModelConfig, name: str) -> nn.Module:
     return LayerNorm(cfg, name=name) if cfg.is_gpt2 else RMSNorm(cfg, name=name)
 
 
-def capped_attention(q_BxTxQxH, k_BxMxHxS, v_BxMxSxH, mask_Bx1xTxS, scale: float,
-                     cap: float | None):
-    """Grouped-query attention of T queries with soft-capped scores (Gemma-2), written out
-    because `jax.nn.dot_product_attention` has no soft-cap: scores `q.k * scale`, then
-    `cap * tanh(s / cap)`, then the mask, softmax in float32 (transformers' eager attention).
-    Keys and values in the `KVCache` layout; [B, T, Q, H] out."""
+def grouped_attention(q_BxTxQxH, k_BxMxHxS, v_BxMxSxH, mask_Bx1xTxS, scale: float,
+                      cap: float | None = None, causal: bool = False):
+    """Grouped-query attention of T queries over S keys and values in the `KVCache` layout:
+    scores `q.k * scale`, soft-capped at `cap` (Gemma-2; None: not), masked, softmax in float32
+    (transformers' eager attention); [B, T, Q, H] out.
+
+    The E = Q / M queries of a KV head and their T positions are the E * T rows of one plain
+    matmul per (row, KV head) against keys [H, S] and values [S, H] as the cache lays them out,
+    and the mask and softmax act on the [E, T, S] scores in place. `causal`: the queries sit at
+    the last T of the S slots and see no later slot (a full-sequence forward): the queries then
+    go in up to 8 chunks of at least 64, each against the slots up to its last query only,
+    which skips most of the masked half of the scores (37% of them at T = 256). Measured on
+    2 CPU cores (bench-100m, batch 32 x 256, one layer, float32): 200 ms against 283 ms
+    unchunked and 353 ms for `jax.nn.dot_product_attention`'s XLA path (which transposes the
+    [B, Q, T, S] scores between its products); the gradient 423 ms against 613 and 733 ms.
+    """
     B, T, Q, H = q_BxTxQxH.shape
-    M = k_BxMxHxS.shape[1]
-    q_BxTxMxExH = q_BxTxQxH.reshape(B, T, M, Q // M, H)
-    s_BxMxExTxS = jnp.einsum("btmeh,bmhs->bmets", q_BxTxMxExH, k_BxMxHxS,
-                             preferred_element_type=jnp.float32) * scale
-    s_BxMxExTxS = softcap(s_BxMxExTxS, cap)
-    s_BxMxExTxS = jnp.where(mask_Bx1xTxS[:, :, None], s_BxMxExTxS, -jnp.inf)
-    p_BxMxExTxS = jax.nn.softmax(s_BxMxExTxS, axis=-1).astype(v_BxMxSxH.dtype)
-    out_BxTxMxExH = jnp.einsum("bmets,bmsh->btmeh", p_BxMxExTxS, v_BxMxSxH,
-                               preferred_element_type=jnp.float32)
+    M, S = k_BxMxHxS.shape[1], k_BxMxHxS.shape[3]
+    E = Q // M
+    q_BxMxExTxH = jnp.transpose(q_BxTxQxH.reshape(B, T, M, E, H), (0, 2, 3, 1, 4))
+    chunks = max(1, min(8, T // 64)) if causal else 1
+    bounds = [T * c // chunks for c in range(chunks + 1)]
+    outs = []
+    for t0, t1 in zip(bounds[:-1], bounds[1:]):
+        n, keys = t1 - t0, S - T + t1  # these queries see slots [0, keys) at most
+        s_BxMxExNxK = jnp.einsum(
+            "bmrh,bmhs->bmrs", q_BxMxExTxH[:, :, :, t0:t1].reshape(B, M, E * n, H),
+            k_BxMxHxS[..., :keys], preferred_element_type=jnp.float32,
+        ).reshape(B, M, E, n, keys) * scale
+        s_BxMxExNxK = softcap(s_BxMxExNxK, cap)
+        s_BxMxExNxK = jnp.where(mask_Bx1xTxS[:, :, None, t0:t1, :keys], s_BxMxExNxK, -jnp.inf)
+        p_BxMxExNxK = jax.nn.softmax(s_BxMxExNxK, axis=-1).astype(v_BxMxSxH.dtype)
+        outs.append(jnp.einsum(
+            "bmrs,bmsh->bmrh", p_BxMxExNxK.reshape(B, M, E * n, keys), v_BxMxSxH[:, :, :keys],
+            preferred_element_type=jnp.float32).reshape(B, M, E, n, H))
+    out_BxMxExTxH = outs[0] if chunks == 1 else jnp.concatenate(outs, axis=3)
+    out_BxTxMxExH = jnp.transpose(out_BxMxExTxH, (0, 3, 1, 2, 4))
     return out_BxTxMxExH.reshape(B, T, Q, H).astype(q_BxTxQxH.dtype)
 
 
@@ -146,10 +167,13 @@ class Attention(nn.Module):
     buffers and None: see `write_cache`), the T new keys and values are written in place at
     slots [write_index, write_index + T), and the queries attend over the layer's S slots;
     `mask_Bx1xTxS` says which slot each query may see (causal order, padding, sliding window).
-    A soft-capped model (`cfg.attn_logit_softcap`) runs `capped_attention` / `decode_attention`
-    with the cap; the others the fused kernel (scaled by `cfg.query_pre_attn_scalar` if set).
-    One-token steps run `jaxalign.kernels.decode_attention` over the cache as it lies: its XLA
-    reference, or its Pallas kernel with `cfg.attention_impl="pallas"`.
+    A mask over fewer slots than the cache (`Transformer` knew the write index while tracing)
+    covers slots [0, write_index + T): the queries attend over those only, causally.
+    Several tokens attend with `grouped_attention` (soft-capped at `cfg.attn_logit_softcap`,
+    scaled by `cfg.attn_scale`), one-token steps with `jaxalign.kernels.decode_attention` over
+    the cache as it lies (its XLA reference, or its Pallas kernel with
+    `cfg.attention_impl="pallas"`); `cfg.attention_impl="cudnn"` runs
+    `jax.nn.dot_product_attention`'s cuDNN kernel instead (models without a soft-cap).
     Writing into the cache as it is carried (not into a copy of the layer that is then written
     back) keeps a decode step from copying the cache.
     """
@@ -167,30 +191,36 @@ class Attention(nn.Module):
         v = _dense(cfg, M * H, ("embed", "kv"), bias, "v")(x_BxTxD).reshape(B, T, M, H)
         if sin_cos is not None:
             q, k = apply_rope(q, *sin_cos), apply_rope(k, *sin_cos)
-        scale = None if cfg.query_pre_attn_scalar is None else cfg.attn_scale
         cap = cfg.attn_logit_softcap
-        impl = cfg.attention_impl  # "pallas" is ours (decode steps); the rest is XLA's choice
-        attend = lambda k, v: jax.nn.dot_product_attention(
-            q, k.astype(q.dtype), v.astype(q.dtype), mask=mask_Bx1xTxS, scale=scale,
-            implementation=None if impl == "pallas" else impl)
-        if kv_cache is None and cap is not None:
-            k_BxMxHxT, v_BxMxTxH = jnp.transpose(k, (0, 2, 3, 1)), jnp.transpose(v, (0, 2, 1, 3))
-            out = capped_attention(q, k_BxMxHxT, v_BxMxTxH, mask_Bx1xTxS, cfg.attn_scale, cap)
-        elif kv_cache is None:
+        # "cudnn" is jax.nn.dot_product_attention's fused kernel (no soft-cap); everything else
+        # runs our grouped products, and one-token steps the decode kernels ("pallas": Pallas)
+        cudnn = cfg.attention_impl == "cudnn" and cap is None
+        attend = lambda k_BxSxMxH, v_BxSxMxH: jax.nn.dot_product_attention(
+            q, k_BxSxMxH.astype(q.dtype), v_BxSxMxH.astype(q.dtype), mask=mask_Bx1xTxS,
+            scale=cfg.attn_scale, implementation="cudnn")
+        if kv_cache is None and cudnn:
             out = attend(k, v)
+        elif kv_cache is None:
+            k_BxMxHxT, v_BxMxTxH = jnp.transpose(k, (0, 2, 3, 1)), jnp.transpose(v, (0, 2, 1, 3))
+            out = grouped_attention(q, k_BxMxHxT, v_BxMxTxH, mask_Bx1xTxS, cfg.attn_scale, cap,
+                                    causal=True)  # a forward without a cache is causal
         else:
             ck, cv, k_BxMxHxS, v_BxMxSxH = write_cache(*kv_cache, k, v, write_index)
             kv_cache = (ck, cv)
-            if T == 1 and (impl in (None, "xla", "pallas") or cap is not None):
-                out = attention_kernels.decode_attention(
-                    q, k_BxMxHxS.astype(q.dtype), v_BxMxSxH.astype(q.dtype), mask_Bx1xTxS, scale,
-                    cap, impl="pallas" if impl == "pallas" else "xla")
-            elif cap is not None:
-                out = capped_attention(q, k_BxMxHxS.astype(q.dtype), v_BxMxSxH.astype(q.dtype),
-                                       mask_Bx1xTxS, cfg.attn_scale, cap)
-            else:  # the general kernel takes [B, S, M, H]: a copy, amortised over T tokens
+            seen = mask_Bx1xTxS.shape[-1]  # < S: the queries are the last of these slots
+            causal = seen < k_BxMxHxS.shape[-1]
+            k_BxMxHxS = k_BxMxHxS[..., :seen].astype(q.dtype)
+            v_BxMxSxH = v_BxMxSxH[:, :, :seen].astype(q.dtype)
+            if cudnn:  # the fused kernel takes [B, S, M, H]: a copy, amortised over T tokens
                 out = attend(jnp.transpose(k_BxMxHxS, (0, 3, 1, 2)),
                              jnp.transpose(v_BxMxSxH, (0, 2, 1, 3)))
+            elif T == 1:
+                out = attention_kernels.decode_attention(
+                    q, k_BxMxHxS, v_BxMxSxH, mask_Bx1xTxS, cfg.attn_scale, cap,
+                    impl="pallas" if cfg.attention_impl == "pallas" else "xla")
+            else:
+                out = grouped_attention(q, k_BxMxHxS, v_BxMxSxH, mask_Bx1xTxS, cfg.attn_scale,
+                                        cap, causal=causal)
         out = _dense(cfg, cfg.hidden_size, ("heads", "embed"), cfg.o_bias or cfg.is_gpt2, "o")(
             out.reshape(B, T, Q * H))
         return out, kv_cache

@@ -32,6 +32,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.layers import DecoderLayer, make_norm, rope_sin_cos, softcap
@@ -79,7 +80,18 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=None,
     else:
         k = jnp.zeros((L, batch, M, H, max_len), dtype)
         v = jnp.zeros((L, batch, M, max_len, H), dtype)
-    return KVCache(k, v, jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32))
+    # a NumPy index: made inside a jitted function (the sampler's prefill), it is known while
+    # tracing, so the forward attends over the slots written so far only (`static_index`)
+    return KVCache(k, v, jnp.zeros((batch, max_len), bool), np.zeros((), np.int32))
+
+
+def static_index(index) -> int | None:
+    """A cache's write index as an int when it is known while tracing (NumPy, or a concrete
+    array outside `jit`), None when it is traced."""
+    try:
+        return int(index)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError):
+        return None
 
 
 def split_layers(params):
@@ -244,8 +256,13 @@ class Transformer(nn.Module):
             attn_mask = layer_masks(cfg, lambda w: candidate_mask(cfg, write_index, T,
                                                                   cache.mask, w))
         else:
+            # a write index known while tracing (a fresh cache: the prefill) bounds the slots
+            # any query sees: the mask covers slots [0, index + T) only, and attention reads
+            # that much of the cache (see `Attention`)
+            index = None if cache is None else static_index(write_index)
+            seen = key_valid if index is None else key_valid[:, :index + T]
             attn_mask = layer_masks(cfg, lambda w: attention_mask(
-                cfg, write_index + jnp.arange(T), key_valid, w))
+                cfg, write_index + jnp.arange(T), seen, w))
         if cache is not None and cache.per_layer:
             x, ck, cv = self._per_layer(x, ck, cv, sin_cos, attn_mask, write_index)
         else:
