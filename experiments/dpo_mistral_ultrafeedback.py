@@ -48,7 +48,7 @@ def get_config(arg: str = ""):
         keep_checkpoints=2, best_metric="eval/reward_accuracy", async_checkpoints=True,
         progress_bar=True))
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, model=1))
-    # TPU slices the dry run sizes: (mesh, HBM per chip in GiB).
-    c.dry_run_meshes = {"v5e-8": dict(data=1, fsdp=8, model=1, hbm_gib=16),
-                        "v5p-8": dict(data=1, fsdp=4, model=1, hbm_gib=95)}
+    # TPU slices the dry run sizes (jaxalign.models.slices: chips and HBM from the name; fsdp
+    # over all chips). v5e-8 = v5litepod-8: 8 chips, 16 GiB each; v5p-64: 32 chips, 95 GiB.
+    c.dry_run_meshes = {"v5e-8": "v5litepod-8", "v5p-8": "v5p-8", "v5p-64": "v5p-64"}
     return c

@@ -54,6 +54,11 @@ def get_config(arg: str = ""):
         progress_bar=True))
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, model=1))
     c.export_hf = True
-    c.dry_run_meshes = {"v5e-8": dict(data=1, fsdp=8, model=1, hbm_gib=16),
-                        "v5p-8": dict(data=1, fsdp=4, model=1, hbm_gib=95)}
+    # TPU slices the dry run sizes (jaxalign.models.slices; fsdp over all chips)
+    c.dry_run_meshes = {"v5e-8": "v5litepod-8", "v5p-8": "v5p-8", "v5p-64": "v5p-64"}
+    # The dry run's sampling phase: the guided decoding the ARM is trained for (a base of the
+    # same shapes plus the merged ARM, a KV cache each). Sizing assumptions, not the paper's:
+    # batches of 32 prompts x 1 sample, prompts up to 256 tokens, 128 new tokens.
+    c.dry_run_sampling = ml_collections.ConfigDict(dict(
+        prompts=32, samples=1, max_len=512, max_prompt_length=256, max_new_tokens=128))
     return c

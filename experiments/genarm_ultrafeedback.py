@@ -34,6 +34,9 @@ def get_config(arg: str = ""):
     # 3 epochs of the 61,135 train_prefs pairs at batch 32
     c.optim.update(dict(lr=5e-7, warmup_steps=172, total_steps=5732))
     c.loop.update(dict(total_steps=5732, micro_batches=8))
-    c.dry_run_meshes = {"v5p-16": dict(data=1, fsdp=8, model=1, hbm_gib=95),
-                        "v5p-32": dict(data=1, fsdp=16, model=1, hbm_gib=95)}
+    c.dry_run_meshes = {"v5e-8": "v5litepod-8", "v5p-16": "v5p-16", "v5p-32": "v5p-32",
+                        "v5p-64": "v5p-64"}
+    # guided decoding sized at the ARM's length: prompts up to 1024 tokens, 1024 new (our
+    # assumption; AlpacaEval answers), 32 prompts x 1 sample per batch
+    c.dry_run_sampling.update(dict(max_len=2048, max_prompt_length=1024, max_new_tokens=1024))
     return c

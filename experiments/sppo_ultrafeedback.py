@@ -75,10 +75,10 @@ def get_config(arg: str = ""):
                                              grad_clip=0.0))
     c.batch_size = 64
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, model=1))
-    # TPU slices the dry run sizes: (mesh, HBM per chip in GiB). v5p-16 is 8 chips.
-    c.dry_run_meshes = {"v5p-16": dict(data=1, fsdp=8, model=1, hbm_gib=95),
-                        "v5p-64": dict(data=1, fsdp=32, model=1, hbm_gib=95),
-                        "v5e-64": dict(data=1, fsdp=64, model=1, hbm_gib=16)}
+    # TPU slices the dry run sizes (jaxalign.models.slices: chips and HBM from the name; fsdp
+    # over all chips). v5e-8 = v5litepod-8: 8 chips, 16 GiB each; v5p-16 is 8 chips, v5p-64 32.
+    c.dry_run_meshes = {"v5e-8": "v5litepod-8", "v5p-16": "v5p-16", "v5p-64": "v5p-64",
+                        "v5e-64": "v5litepod-64"}
     return c
 
 

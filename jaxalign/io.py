@@ -15,12 +15,24 @@ object whole. Only one process writes a given path (see `jaxalign.algorithms.dri
 A file replaced whole (a config, a safetensors file, a rewritten log) goes through
 `write_atomic` (or `atomic_writer` to stream it): a temp file beside it, fsynced, renamed over
 the path, then the directory fsynced, so a crash leaves the old file or the new one, never a
-torn one. That needs an atomic rename (a local or network filesystem, not an object store).
+torn one. That needs an atomic rename (a local or network filesystem); on an object store
+(below) the object is written whole in one write instead.
 
 Every file is opened with `open_for_write`, which refuses a symbolic link at the path (a link
 planted in a workdir would redirect the write to any file the run can write).
 
 One run per workdir: `WorkdirLock` (below) holds `<workdir>/.lock` for the run's lifetime.
+
+Workdirs on buckets: a path that is a URL (`gs://bucket/run`, `s3://...`) goes through
+`etils.epath.Path` (as Orbax's checkpoints do; gs:// needs `gcsfs` or TensorFlow installed), a
+local path through `os` as described above. The helpers below (`absolute`, `join`, `makedirs`,
+`exists`, `isdir`, `listdir`, `remove`, `rmtree`, `read_bytes`, `read_text`) take either, so
+callers never branch on it. On a URL: the commit protocol is the same (written against these
+helpers only: no rename); `write_atomic` writes the object whole in one write (an object store's
+single-object write is atomic: readers see the old object or the new one); `open_for_write`
+has no append mode (object stores cannot append); links do not exist, so nothing is refused;
+`WorkdirLock` locks nothing (see there). `SCHEMES` maps a URL scheme to another path class
+(tests register an in-memory store there).
 """
 
 from __future__ import annotations
@@ -32,14 +44,110 @@ import hashlib
 import json
 import logging
 import os
+import posixpath
 import pwd
+import re
+import shutil
 import socket
 import stat
 import threading
 import time
+from io import BytesIO, StringIO
+from typing import Any, Callable
 
 MARKER = ".commit"
 log = logging.getLogger(__name__)
+
+
+# ---- where a path lives: this machine (os) or a URL (etils.epath) ----
+
+# URL scheme -> path class (called with the URL; the etils.epath.Path API as used here: open
+# "rb"/"wb", exists, is_dir, iterdir, mkdir, unlink, rmtree). Schemes not listed: epath.Path.
+SCHEMES: dict[str, Callable[[str], Any]] = {}
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(path: str | os.PathLike) -> bool:
+    """True for `<scheme>://...` (gs://, s3://, ...): a path not on this machine's filesystem."""
+    return _URL.match(os.fspath(path)) is not None
+
+
+def _remote(path: str | os.PathLike):
+    """The path object of a URL: its scheme's class in `SCHEMES`, else `etils.epath.Path`."""
+    path = os.fspath(path)
+    cls = SCHEMES.get(path.split("://", 1)[0])
+    if cls is None:
+        from etils import epath
+        cls = epath.Path
+    return cls(path)
+
+
+def absolute(path: str | os.PathLike) -> str:
+    """`os.path.abspath` of a local path; a URL unchanged (abspath would mangle it)."""
+    return os.fspath(path) if is_url(path) else os.path.abspath(path)
+
+
+def join(path: str | os.PathLike, *parts: str) -> str:
+    """`os.path.join` for a local path, `/`-joined for a URL."""
+    return (posixpath if is_url(path) else os.path).join(os.fspath(path), *parts)
+
+
+def makedirs(path: str | os.PathLike) -> None:
+    """Creates the directory and its parents (existing ones are fine)."""
+    if is_url(path):
+        _remote(path).mkdir(parents=True, exist_ok=True)
+    else:
+        os.makedirs(path, exist_ok=True)
+
+
+def exists(path: str | os.PathLike) -> bool:
+    """True when a file or directory (on a URL: an object or a prefix of some) is at `path`."""
+    return _remote(path).exists() if is_url(path) else os.path.exists(path)
+
+
+def isdir(path: str | os.PathLike) -> bool:
+    """True when `path` is a directory (on a URL: a prefix of some object)."""
+    return _remote(path).is_dir() if is_url(path) else os.path.isdir(path)
+
+
+def listdir(path: str | os.PathLike) -> list[str]:
+    """The names in directory `path`, sorted; FileNotFoundError when there is none."""
+    if is_url(path):
+        return sorted(p.name for p in _remote(path).iterdir())
+    return sorted(os.listdir(path))
+
+
+def remove(path: str | os.PathLike) -> None:
+    """Deletes the file (object) at `path`; FileNotFoundError when there is none."""
+    _remote(path).unlink() if is_url(path) else os.remove(path)
+
+
+def rmtree(path: str | os.PathLike) -> None:
+    """Deletes the directory `path` and everything under it."""
+    if is_url(path):
+        _remote(path).rmtree()
+    else:
+        shutil.rmtree(path)
+
+
+def read_bytes(path: str | os.PathLike) -> bytes:
+    """The bytes of the file (object) at `path`."""
+    if is_url(path):
+        with _remote(path).open("rb") as fh:
+            return fh.read()
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The UTF-8 text of the file (object) at `path`."""
+    return read_bytes(path).decode()
+
+
+def _put(path: str, data: bytes) -> None:
+    """The object at URL `path` replaced by `data` in one write (whole or not at all)."""
+    with _remote(path).open("wb") as fh:
+        fh.write(data)
 
 
 def _open_nofollow(path: str, flags: int) -> int:
@@ -54,9 +162,10 @@ def _open_nofollow(path: str, flags: int) -> int:
 
 def refuse_link(path: str | os.PathLike) -> None:
     """A ValueError naming `path` when it is a symbolic link: jaxalign writes no file or
-    directory of a workdir through a link (one planted there could point anywhere)."""
+    directory of a workdir through a link (one planted there could point anywhere). A URL has
+    no links: nothing to refuse."""
     path = os.fspath(path)
-    if os.path.islink(path):
+    if not is_url(path) and os.path.islink(path):
         raise ValueError(f"{path} is a symbolic link (to {os.readlink(path)}); jaxalign does not "
                          "write through links inside a workdir. Remove the link (or use "
                          "another workdir) and start again.")
@@ -64,9 +173,16 @@ def refuse_link(path: str | os.PathLike) -> None:
 
 def open_for_write(path: str | os.PathLike, mode: str = "w"):
     """`open(path, mode)` for mode "w", "wb", "a" or "ab", refusing a symbolic link at `path`
-    (O_NOFOLLOW: the check and the open are one system call, so no link can slip in between)."""
+    (O_NOFOLLOW: the check and the open are one system call, so no link can slip in between).
+    A URL: "w"/"wb" only (the object appears whole when the file is closed; an object store
+    cannot append)."""
     if mode not in ("w", "wb", "a", "ab"):
         raise ValueError(f"open_for_write: mode {mode!r}; expected 'w', 'wb', 'a' or 'ab'")
+    if is_url(path):
+        if mode[0] == "a":
+            raise ValueError(f"{os.fspath(path)}: cannot append (mode {mode!r}) to an object "
+                             "in a bucket; write the file whole (write_atomic) instead")
+        return _remote(path).open(mode)
     flags = os.O_WRONLY | (os.O_APPEND if mode[0] == "a" else os.O_TRUNC)
     return os.fdopen(_open_nofollow(os.fspath(path), flags), mode)
 
@@ -76,10 +192,21 @@ def atomic_writer(path: str | os.PathLike, mode: str = "w"):
     """A file (mode "w" or "wb") whose contents replace `path` whole when the block ends: written
     to `<path>.tmp` (opened with `open_for_write`: a planted link is refused), flushed and
     fsynced, renamed over `path`, then the directory fsynced so the rename itself survives a
-    crash. An error inside the block removes the temp file and leaves `path` as it was."""
+    crash. An error inside the block removes the temp file and leaves `path` as it was.
+
+    A URL (an object store has no rename, and no rename is emulated by copy + delete): the block
+    writes to memory, and the object is written whole, in one write, when the block ends; an
+    object store's single-object write is atomic (readers see the old object or the new one).
+    An error inside the block writes nothing."""
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_writer: mode {mode!r}; expected 'w' or 'wb'")
     path = os.fspath(path)
+    if is_url(path):
+        buf = StringIO() if mode == "w" else BytesIO()
+        yield buf
+        data = buf.getvalue()
+        _put(path, data.encode() if mode == "w" else data)
+        return
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = path + ".tmp"
@@ -121,8 +248,7 @@ def read_json_object(path: str | os.PathLike, error: type[Exception] = ValueErro
     """The JSON object in the file at `path`; invalid JSON or another kind of value is `error`
     naming the file (`what` says what was expected)."""
     try:
-        with open(path, "rb") as fh:
-            obj = json.loads(fh.read())
+        obj = json.loads(read_bytes(path))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise error(f"{os.fspath(path)}: not valid JSON ({e})") from e
     if not isinstance(obj, dict):
@@ -135,42 +261,54 @@ def _sha256(data: bytes) -> str:
 
 
 def write_committed(path: str | os.PathLike, data: str | bytes) -> None:
-    """Writes `data` to `path` (flushed and fsynced), then its marker."""
+    """Writes `data` to `path` (flushed and fsynced), then its marker. The steps use the helpers
+    above only (no rename), so they hold on a local disk and on an object store alike."""
     path = os.fspath(path)
     raw = data.encode() if isinstance(data, str) else bytes(data)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    makedirs(os.path.dirname(absolute(path)))
     refuse_link(path + MARKER)
-    if os.path.exists(path + MARKER):  # an old marker must never vouch for new bytes
-        os.remove(path + MARKER)
+    if exists(path + MARKER):  # an old marker must never vouch for new bytes
+        remove(path + MARKER)
     for target, payload in ((path, raw), (path + MARKER, json.dumps(
             {"bytes": len(raw), "sha256": _sha256(raw)}).encode())):
-        with open_for_write(target, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
+        _write_durably(target, payload)
+
+
+def _write_durably(path: str, data: bytes) -> None:
+    """`data` at `path`, on disk when this returns (local: fsynced; a URL: one object write)."""
+    if is_url(path):
+        _put(path, data)
+        return
+    with open_for_write(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _committed_bytes(path: str) -> bytes | None:
+    """The bytes at `path` when a marker that matches them exists, else None."""
+    try:
+        marker = json.loads(read_bytes(path + MARKER))
+        raw = read_bytes(path)
+    except (OSError, ValueError):
+        return None
+    ok = (isinstance(marker, dict) and marker.get("bytes") == len(raw)
+          and marker.get("sha256") == _sha256(raw))
+    return raw if ok else None
 
 
 def is_committed(path: str | os.PathLike) -> bool:
     """True when `path` and a marker that matches its bytes both exist."""
-    path = os.fspath(path)
-    try:
-        with open(path + MARKER) as fh:
-            marker = json.load(fh)
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except (OSError, ValueError):
-        return False
-    return (isinstance(marker, dict) and marker.get("bytes") == len(raw)
-            and marker.get("sha256") == _sha256(raw))
+    return _committed_bytes(os.fspath(path)) is not None
 
 
 def read_committed(path: str | os.PathLike) -> bytes:
     """The bytes of a committed file; FileNotFoundError naming it when it is not committed."""
-    if not is_committed(path):
+    raw = _committed_bytes(os.fspath(path))
+    if raw is None:
         raise FileNotFoundError(f"{os.fspath(path)}: not committed (missing, partial, or its "
                                 f"{MARKER} marker does not match)")
-    with open(path, "rb") as fh:
-        return fh.read()
+    return raw
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
@@ -206,7 +344,10 @@ class WorkdirBusy(RuntimeError):
 def check_owner(workdir: str | os.PathLike) -> None:
     """Refuses a workdir that another user could tamper with: a directory (or link) on its path
     that belongs to another user and sits in a world-writable sticky directory such as /tmp
-    (that user could plant links in it, or swap it, under the run). PermissionError naming it."""
+    (that user could plant links in it, or swap it, under the run). PermissionError naming it.
+    A URL: nothing to check here (the bucket's permissions decide who can write to it)."""
+    if is_url(workdir):
+        return
     me, p = os.getuid(), os.path.abspath(workdir)
     while os.path.dirname(p) != p:
         parent = os.path.dirname(p)
@@ -230,6 +371,7 @@ def check_owner(workdir: str | os.PathLike) -> None:
 
 _held: dict[str, list] = {}  # lock file -> [fd, count]: the locks this process holds
 _held_mutex = threading.Lock()
+_unlocked_schemes: set[str] = set()  # URL schemes whose workdirs were warned about (not locked)
 
 
 class WorkdirLock:
@@ -249,17 +391,31 @@ class WorkdirLock:
     lock the same directory; each acquire is paired with one release. On several hosts (JAX
     processes), process i > 0 locks `.lock.<i>`, so the processes of one run do not refuse each
     other while two runs' process i do. The workdir is checked with `check_owner` first.
+
+    A workdir on a bucket (a URL): object stores have no flock, so nothing is locked (one
+    warning per scheme and process says so). Whoever launches the run (tpu_setup/'s scripts)
+    must not start two runs on one bucket workdir.
     """
 
     def __init__(self, workdir: str | os.PathLike, process_index: int = 0):
-        self.workdir = os.path.abspath(workdir)
-        self.path = os.path.join(self.workdir, ".lock" if process_index == 0
-                                 else f".lock.{process_index}")
-        self._key = os.path.join(os.path.realpath(self.workdir), os.path.basename(self.path))
+        self.workdir = absolute(workdir)
+        self.path = join(self.workdir, ".lock" if process_index == 0
+                         else f".lock.{process_index}")
+        self._key = (None if is_url(self.workdir) else
+                     os.path.join(os.path.realpath(self.workdir), os.path.basename(self.path)))
         self._holding = False
 
     def acquire(self) -> "WorkdirLock":
         if self._holding:
+            return self
+        if self._key is None:  # a bucket: nothing to lock
+            scheme = self.workdir.split("://", 1)[0]
+            if scheme not in _unlocked_schemes:
+                _unlocked_schemes.add(scheme)
+                log.warning("%s: a %s:// workdir cannot be locked (object stores have no "
+                            "flock); nothing guards it against a second run: start one run "
+                            "per workdir", self.workdir, scheme)
+            self._holding = True
             return self
         check_owner(self.workdir)
         os.makedirs(self.workdir, exist_ok=True)
@@ -275,6 +431,8 @@ class WorkdirLock:
         if not self._holding:
             return
         self._holding = False
+        if self._key is None:
+            return
         with _held_mutex:
             entry = _held[self._key]
             entry[1] -= 1

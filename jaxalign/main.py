@@ -1,13 +1,19 @@
 """The one entry point: a config file in, the runner of its `algorithm` called.
 
     python -m jaxalign --config experiments/<file>.py[:arg] [--workdir DIR] \
-        [--config.<key>=<value> ...] [--dry_run]
+        [--config.<key>=<value> ...] [--dry_run] \
+        [--coordinator_address HOST:PORT --num_processes N --process_id I]
 
 big_vision-style configs: the file's `get_config(arg)` returns an `ml_collections.ConfigDict`
 whose `algorithm` picks the runner in `RUNNERS`. `--workdir` sets `config.workdir`;
 overriding a key the config lacks is an error naming the file, section and valid keys;
 `--dry_run` builds the train step abstractly and sizes memory, running nothing (for the
 runners that have one). In-process: `run_config(config, dry_run=False)`.
+
+Several processes (a TPU pod slice, GPU hosts): the same command on every host. A Cloud TPU
+VM, SLURM or Open MPI launch is detected; otherwise give `--coordinator_address`,
+`--num_processes` and `--process_id` (`jaxalign.distributed`). The workdir must then be one
+every host sees (a `gs://` bucket or a shared filesystem); `tpu_setup/` launches on pods.
 """
 
 from __future__ import annotations
@@ -29,10 +35,12 @@ class Runner(NamedTuple):
     run: Callable  # run(config): trains / evaluates, writes under config.workdir
     dry_run: Callable | None = None  # dry_run(config): shapes and memory only, nothing runs
     no_dry_run: str = ""  # why there is no dry run, said to whoever asks for one
+    one_process: str = ""  # why it runs on one process only (empty: any number of processes)
 
 
 GYM = ("the gym runners train several small models on this machine; run the config's :smoke "
        "argument for a check in about a minute")
+GYM_ONE = "the gym's experiments are sized for one machine"
 
 
 # config.algorithm -> its runner. A new algorithm is one line here.
@@ -44,11 +52,12 @@ RUNNERS = {
     "sppo": Runner(run_sppo.run, run_sppo.dry_run),  # SPPO from files: policy, RM, prompt splits
     "reward_bt": Runner(run_reward.run, no_dry_run=(  # a Bradley-Terry scalar reward model
         "the reward-model runner has no abstract build yet; its :smoke config trains in "
-        "seconds")),
-    "dpo_frontier": Runner(frontier.run, no_dry_run=GYM),  # the gym's DPO reward-vs-KL frontier
-    "genarm_gym": Runner(genarm.run, no_dry_run=GYM),  # the gym's GenARM guided-decoding study
-    "rest_gym": Runner(rest_gym.run, no_dry_run=GYM),  # ReST's Table 1 on the gym
-    "sppo_gym": Runner(sppo_gym.run, no_dry_run=GYM),  # SPPO vs iterative DPO on the gym
+        "seconds"), one_process="its held-out accuracy is computed on one host's batches"),
+    # the gym: DPO reward-vs-KL frontier, GenARM guided decoding, ReST's Table 1, SPPO vs DPO
+    "dpo_frontier": Runner(frontier.run, no_dry_run=GYM, one_process=GYM_ONE),
+    "genarm_gym": Runner(genarm.run, no_dry_run=GYM, one_process=GYM_ONE),
+    "rest_gym": Runner(rest_gym.run, no_dry_run=GYM, one_process=GYM_ONE),
+    "sppo_gym": Runner(sppo_gym.run, no_dry_run=GYM, one_process=GYM_ONE),
 }
 
 
@@ -62,6 +71,10 @@ def run_config(config, dry_run: bool = False):
                              f"{config.loss.name!r}")
     runner = RUNNERS[algorithm]
     if not dry_run:
+        import jax
+        if runner.one_process and jax.process_count() > 1:
+            raise app.UsageError(f"config.algorithm {algorithm!r} runs on one process "
+                                 f"({runner.one_process}); this run has {jax.process_count()}")
         return runner.run(config)
     if runner.dry_run is None:
         with_dry_run = sorted(k for k, r in RUNNERS.items() if r.dry_run)
@@ -107,12 +120,20 @@ def cli() -> None:
     (`trainer.EXIT_PREEMPTED`, EX_TEMPFAIL) so that a scheduler re-queues it."""
     import jax
 
-    from jaxalign import io
+    from jaxalign import distributed, io
     from jaxalign.train.trainer import Preempted
     config_flag = config_flags.DEFINE_config_file("config", None, "experiment config file[:arg]",
                                                   lock_config=True)
     workdir_flag = flags.DEFINE_string("workdir", None, "where checkpoints and results go")
     dry_run_flag = flags.DEFINE_bool("dry_run", False, "build shapes and size memory; run nothing")
+    coordinator_flag = flags.DEFINE_string(
+        "coordinator_address", None, "multi-process run: process 0's host:port (with "
+        "--num_processes and --process_id; TPU pods, SLURM and Open MPI are detected instead)")
+    processes_flag = flags.DEFINE_integer("num_processes", None, "multi-process run: how many")
+    process_id_flag = flags.DEFINE_integer("process_id", None, "multi-process run: this one's")
+    heartbeat_flag = flags.DEFINE_integer(
+        "heartbeat_timeout_s", distributed.HEARTBEAT_TIMEOUT_S,
+        "multi-process run: seconds before a silent peer ends the run")
     flags.mark_flag_as_required("config")
     check_overrides(sys.argv[1:])
 
@@ -120,6 +141,11 @@ def cli() -> None:
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments {argv[1:]}")
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+        try:  # first: nothing may touch a device before it
+            distributed.initialize(coordinator_flag.value, processes_flag.value,
+                                   process_id_flag.value, heartbeat_timeout_s=heartbeat_flag.value)
+        except ValueError as e:
+            raise app.UsageError(str(e)) from None
         config = config_flag.value
         if workdir_flag.value:
             with config.unlocked():
@@ -127,7 +153,7 @@ def cli() -> None:
         if dry_run_flag.value or not config.get("workdir"):
             run_config(config, dry_run=dry_run_flag.value)  # (a dry run writes nothing)
             return
-        try:  # (on several hosts, jax.distributed.initialize() goes before process_index())
+        try:
             lock = io.WorkdirLock(config.workdir, jax.process_index()).acquire()
         except (io.WorkdirBusy, PermissionError) as e:  # another run's, or not safely ours
             raise SystemExit(f"jaxalign: {e}") from None

@@ -61,13 +61,69 @@ def test_paper_scale_configs_are_sized():
         n for n, a in SIZED if a == ""}
 
 
+# Sampling-phase KV cache per device, by hand, as the sampler lays it out: ceil(prompts per
+# batch / data-parallel devices) x samples rows of (prompt bucket + new tokens - 1) slots, each
+# row K and V of every layer plus a bool slot mask.
+KV_BY_HAND = {
+    # bench-tiny: 2 layers x 2 KV heads x 16 dims, float32; 16 prompts x 3 samples on 1 device;
+    # slots: bucket 16 (max_prompt_length) + max_new_tokens 8 - 1
+    ("sppo_ultrafeedback", "smoke", "cpu"): 16 * 3 * (2 * 2 * 2 * 16 * 23 * 4 + 23),
+    # Mistral-7B: 32 layers x 8 KV heads x 128 dims, bf16; 32 prompts over 32 chips x 5 samples;
+    # slots: bucket 512 + min(max_new_tokens 2048, max_length 1024 - 1) - 1
+    ("sppo_ultrafeedback", "", "v5p-64"): 1 * 5 * (2 * 32 * 8 * 128 * 1534 * 2 + 1534),
+    # GenARM's guided decoding, two caches (base, ARM) of Llama-2-7B: 32 layers x 32 KV heads x
+    # 128 dims, bf16; 32 prompts over 32 chips x 1 sample; slots: bucket 256 + 128 new - 1
+    ("genarm_hh_rlhf", "", "v5p-64"): 2 * 1 * 1 * (2 * 32 * 32 * 128 * 383 * 2 + 383),
+}
+
+
 @pytest.mark.parametrize("name,arg", SIZED)
-def test_dry_run(name, arg):
-    """The train step built abstractly (jax.eval_shape) and sized on each mesh: seconds."""
+def test_dry_run(name, arg, capsys):
+    """The train step built abstractly (jax.eval_shape) and sized on each mesh, training and
+    sampling phase (a str: the run has no such phase): seconds."""
     config = _config(name, arg)
     report = run_config(config, dry_run=True)
     assert set(report["estimates"]) == set(config.dry_run_meshes)
     assert {"loss", "grad_norm"} <= set(report["metrics"])
+    loop = config.algorithm in ("sppo", "rest")  # the runners with a grow step
+    for mesh, (training, sampling) in report["phases"].items():
+        assert training.phase == "training"
+        assert training.optimizer > 0 and training.activations > 0
+        # ReST's held-out evaluation samples while the train state lives; nothing else does
+        assert (training.kv_cache > 0) == (config.algorithm == "rest")
+        if loop or "dry_run_sampling" in config:  # a grow step, or the decoding it trains for
+            assert sampling.phase == "sampling" and sampling.kv_cache > 0
+            assert sampling.optimizer == sampling.gradients == sampling.activations == 0
+        else:
+            assert sampling == "sampling"  # reported as "-"
+        if loop:
+            assert report["estimates"][mesh].total == max(training.total, sampling.total)
+        if config.algorithm == "arm" and "dry_run_sampling" in config:
+            # GenARM's guided decoding: a base of the ARM's shapes and the ARM, a cache each
+            assert sampling.other_models == sampling.params > 0
+        if (name, arg, mesh) in KV_BY_HAND:
+            assert sampling.kv_cache == KV_BY_HAND[name, arg, mesh]
+    if (name, arg) == ("sppo_ultrafeedback", ""):
+        training, sampling = report["phases"]["v5p-64"]
+        policy = 7_241_732_096 * 4 // 32  # Mistral-7B's float32 params over 32 chips
+        # training: pi_t (the reference) and the sampler's copy beside the train state;
+        # sampling: the same two copies, no train state; the preference model in both
+        assert (training.reference, training.params) == (policy, 2 * policy)
+        assert sampling.params == 2 * policy and sampling.reference == 0
+        assert training.other_models == sampling.other_models > 0
+    out = capsys.readouterr().out
+    assert out.count("  training ") == out.count("  sampling ") == len(config.dry_run_meshes)
+
+
+def test_paper_configs_size_both_phases_on_v5e_8_and_v5p_64(capsys):
+    """Slices named in the paper configs resolve to their chips and HBM (no run: the dry runs
+    are test_dry_run's); SPPO's v5p-64 phases hold what the loop keeps at the time."""
+    from jaxalign.models.slices import sized_meshes
+    for name in ("dpo_mistral_ultrafeedback", "sppo_ultrafeedback", "genarm_hh_rlhf",
+                 "genarm_ultrafeedback"):
+        meshes = sized_meshes(_config(name, "").dry_run_meshes)
+        assert (meshes["v5e-8"].axes["fsdp"], meshes["v5e-8"].hbm_bytes) == (8, 16 * 2**30)
+        assert (meshes["v5p-64"].axes["fsdp"], meshes["v5p-64"].hbm_bytes) == (32, 95 * 2**30)
 
 
 def test_run_config_refuses_before_running():

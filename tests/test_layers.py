@@ -30,7 +30,8 @@ class Rule(NamedTuple):
 #     (the repository's top-level kernels/ folder, installed as jaxalign.kernels: Pallas kernels
 #     and their references, importing only jax); they import nothing of ours, and every unit
 #     may import them (data/toy.py writes atomically, models attend with the kernels).
-#  0  leaves: pure array functions (losses), data, meshes, I/O helpers; no model in sight.
+#  0  leaves: pure array functions (losses), data, meshes, the multi-process setup
+#     (distributed.py), I/O helpers; no model in sight.
 #  1  models: Flax modules and HF weights; know nothing of training or preferences.
 #  2  sampling (decoding) and train (step, optimizer, checkpoints): two consumers of a model
 #     that never meet, so a sampler change cannot break training and the reverse.
@@ -45,6 +46,7 @@ class Rule(NamedTuple):
 RULES = {
     "io.py": Rule(-1), "checksum.py": Rule(-1), "kernels": Rule(-1),
     "__init__.py": Rule(0), "data": Rule(0), "losses": Rule(0), "sharding.py": Rule(0),
+    "distributed.py": Rule(0, also=("sharding.py",)),
     "models": Rule(1),
     "sampling": Rule(2), "train": Rule(2),
     "reward": Rule(3, never=("train/*",)),

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 import weakref
 from typing import Any, Callable, Sequence
@@ -45,7 +44,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from jaxalign import io
+from jaxalign import distributed, io
 from jaxalign.algorithms.grow import grow, read_shards
 
 # Config keys that may change between a run and its restart (where results go, how they look).
@@ -84,7 +83,7 @@ class Driver:
 
     def __init__(self, workdir: str, config: dict, *, start_over: bool = False,
                  on_event: Callable[[str], Any] | None = None):
-        self.workdir = os.path.abspath(workdir)
+        self.workdir = io.absolute(workdir)
         lock = io.WorkdirLock(self.workdir, jax.process_index()).acquire()
         self._unlock = weakref.finalize(self, lock.release)
         self.on_event = on_event or (lambda name: None)
@@ -99,10 +98,10 @@ class Driver:
                     f"{', '.join(diff)}. Use another workdir, or pass "
                     "--config.start_over=True to delete that run and start over.")
             if diff and self.writer:
-                for name in os.listdir(self.workdir):
+                for name in io.listdir(self.workdir):
                     if name.startswith("iter_") or name.startswith("run.json"):
                         p = os.path.join(self.workdir, name)
-                        shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
+                        io.rmtree(p) if io.isdir(p) else io.remove(p)
         if not io.is_committed(path) and self.writer:
             io.write_json(path, config)
 
@@ -130,11 +129,12 @@ class Driver:
         if done is not None:
             return done
         d = self.dir(iteration, phase)
-        os.makedirs(d, exist_ok=True)
+        io.makedirs(d)
         t0 = time.perf_counter()
         summary = dict(fn(d), seconds=time.perf_counter() - t0)
         if self.writer:
             io.write_json(os.path.join(d, "summary.json"), summary)
+        distributed.barrier("jaxalign_phase")  # what process 0 wrote, every process now reads
         self.on_event(f"phase:{phase}")
         return summary
 
@@ -169,7 +169,7 @@ def grow_policy(d: str, sampler, params, prompts: Sequence[dict], s, *, seed: in
 
 def _where(path: str) -> str:
     """A phase file's path from its run's workdir ("iter_001/grow/shard-...jsonl")."""
-    d = os.path.dirname(os.path.abspath(path))
+    d = os.path.dirname(io.absolute(path))
     return os.path.relpath(path, os.path.dirname(os.path.dirname(d)))
 
 
@@ -230,6 +230,7 @@ def score_phase(d: str, records: Sequence[dict], score: ScoreStep, *, chunk_prom
         if jax.process_index() == 0:
             io.write_jsonl(path, rows)
         on_event("score:chunk")
+    distributed.barrier("jaxalign_score")
     scored = read_scored(d, {"files": names})
     stats = {f"mean/{c}": float(np.mean([r[c] for r in scored]))
              for c in sorted(set(scored[0]) - set(records[0]) - {"_loc"})} if scored else {}
@@ -303,7 +304,7 @@ def save_policy(d: str, params) -> None:
     """The policy a train phase hands on, as an Orbax checkpoint in `<d>/policy`."""
     import orbax.checkpoint as ocp
     with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(os.path.join(os.path.abspath(d), "policy"), params, force=True)
+        ckpt.save(io.join(io.absolute(d), "policy"), params, force=True)
 
 
 def load_policy(d: str, like):
@@ -313,7 +314,7 @@ def load_policy(d: str, like):
                                                          sharding=getattr(x, "sharding", None)),
                           like)
     with ocp.StandardCheckpointer() as ckpt:
-        return ckpt.restore(os.path.join(os.path.abspath(d), "policy"), target)
+        return ckpt.restore(io.join(io.absolute(d), "policy"), target)
 
 
 def train_phase(d: str, trainer, train_iter, *, select: str = "last",
@@ -333,11 +334,13 @@ def train_phase(d: str, trainer, train_iter, *, select: str = "last",
         run_loop(t, train_iter, on_step=lambda step: on_event("train:step"))
         params = t.restore_best() if select == "best" else t.params
         best = _best_step(t) if select == "best" else None
+    distributed.barrier("jaxalign_train")  # process 0's metrics.jsonl, closed, for every reader
     io.refuse_link(os.path.join(d, "policy"))  # Orbax's force=True would delete a link's target
     save_policy(d, params)
     if hand_on is not None:
         hand_on["params"] = params
-    metrics = [json.loads(line) for line in open(os.path.join(d, "metrics.jsonl"))]
+    metrics = [json.loads(line)
+               for line in io.read_text(os.path.join(d, "metrics.jsonl")).splitlines()]
     evals = [m for m in metrics if any(k.startswith("eval/") for k in m)]
     train_rows = [m for m in metrics if "train/loss" in m]
     selected = next((m for m in evals if m["step"] == best), evals[-1] if evals else {})

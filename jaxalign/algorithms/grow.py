@@ -48,7 +48,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxalign import io
+from jaxalign import distributed, io
 from jaxalign.checksum import data_fingerprint, tree_fingerprint
 from jaxalign.data.readers import read_examples
 from jaxalign.sampling import Sampler
@@ -266,7 +266,7 @@ def grow(prompts, policy, *, out_dir: str, n: int, tokenizer=None, shard_size: i
         raise ValueError("no prompts")
     check_ids(rows, shard_size)
     sampler = _policy(policy, tokenizer, mesh, sampler_kw or {})
-    os.makedirs(out_dir, exist_ok=True)
+    io.makedirs(out_dir)
     _check_settings(out_dir, {
         "n": n, "seed": seed, "shard_size": shard_size, "num_prompts": len(rows),
         "prompts": data_fingerprint([[r["id"], r["prompt"]] for r in rows])[:16],
@@ -287,7 +287,13 @@ def grow(prompts, policy, *, out_dir: str, n: int, tokenizer=None, shard_size: i
     start, tokens = time.perf_counter(), 0
     for k in todo:
         shard = rows[k * shard_size:(k + 1) * shard_size]
-        shard = shard[me * len(shard) // procs:(me + 1) * len(shard) // procs]
+        # this process's prompts; every process passes the sampler the same number (its
+        # batches are collective), topped up with fillers (a real prompt under an id of their
+        # own) whose records are dropped: a prompt's samples depend on its id alone
+        per = -(-len(shard) // procs)
+        shard = shard[me * per:(me + 1) * per]
+        real = len(shard)
+        shard += [{**rows[0], "id": f"\0filler:{j}"} for j in range(per - real)]
         records: list[list[dict]] = [[] for _ in shard]
         for index, out in sampler.stream([r["prompt"] for r in shard], ids=[r["id"] for r in shard],
                                          n=n, seed=seed, batch_size=batch_size, **sampling):
@@ -297,10 +303,11 @@ def grow(prompts, policy, *, out_dir: str, n: int, tokenizer=None, shard_size: i
             tokens += out.num_tokens
             bar.update(len(index) * n)
             bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
-        io.write_jsonl(part_paths(paths[k])[me], (r for recs in records for r in recs))
+        io.write_jsonl(part_paths(paths[k])[me], (r for recs in records[:real] for r in recs))
         if on_shard is not None:
             on_shard(paths[k])
     bar.close()
+    distributed.barrier("jaxalign_grow")  # every part written before anyone reads the shards
     return paths
 
 
@@ -324,6 +331,6 @@ def read_shards(paths: Sequence[str]) -> list[dict]:
 def _part_counts(path: str) -> list[int]:
     """1, then the part counts of `path`'s part files on disk."""
     d, name = os.path.split(path)
-    counts = {int(f.rsplit("-of-", 1)[1]) for f in os.listdir(d or ".")
+    counts = {int(f.rsplit("-of-", 1)[1]) for f in io.listdir(d or ".")
               if f.startswith(name + ".part-") and not f.endswith(io.MARKER)}
     return [1] + sorted(counts)

@@ -35,6 +35,7 @@ import numpy as np
 from jaxalign.algorithms import driver as drv_lib
 from jaxalign.algorithms.runner import Mapped
 from jaxalign.data import BatchIterator, from_token_rows
+from jaxalign.distributed import process_rows
 from jaxalign.objectives import rest_objective, token_weight
 from jaxalign.reward.scoring import percentile_rank, sigmoid_scale
 from jaxalign.sampling import Sampler, completion_text
@@ -270,7 +271,8 @@ def run_rest(s: RestSettings, *, policy: tuple, tokenizer, data: Sequence[dict],
             trainer = Trainer(loop, objective=objective, optimizer=optimizer_for(lr, steps),
                               params=policy_params(), model_cfg=cfg, mesh=mesh,
                               evaluate_fn=evaluate, programs=programs)
-            it = Mapped(BatchIterator(ds, batch_size=batch_size, seed=seed + t), token_weight)
+            it = Mapped(BatchIterator(ds, batch_size=batch_size, seed=seed + t,
+                                      **process_rows()), token_weight)
             return drv_lib.train_phase(d, trainer, it, select=s.select, on_event=event,
                                        hand_on=hand_on)
 

@@ -31,13 +31,14 @@ from jaxalign.algorithms.runner import (Mapped, dataset_fingerprint, load_policy
                                         loop_and_optimizer, pair_weight, resolve_model_config,
                                         toy_data_paths)
 from jaxalign.data import BatchIterator
+from jaxalign.distributed import process_rows
 from jaxalign.models.hf import save_hf
 from jaxalign.models.transformer import param_logical_axes
 from jaxalign.objectives import (check_columns, precompute_reference_logps, preference_objective,
                                  with_reference_logps)
 from jaxalign.sharding import make_mesh
 from jaxalign.train import lora
-from jaxalign.train.memory import estimate_training_memory
+from jaxalign.train.memory import estimate_training_memory, size_on_meshes
 from jaxalign.train.optim import make_optimizer
 from jaxalign.train.trainer import LoopConfig, train
 
@@ -78,15 +79,15 @@ def check_reference(config) -> None:
                          f"dpo.reference_free)") from None
 
 
-def reference_table(config, cfg, ref_params, ds, split: str):
+def reference_table(config, cfg, ref_params, ds, split: str, mesh=None):
     """The reference log-probs of every row of `ds`, precomputed once into
     `<workdir>/ref_logps_<split>.npz` and reused while the dataset and the reference weights
     are the ones it was computed for (else recomputed)."""
     batches = (pair_weight(b) for b in BatchIterator(
-        ds, batch_size=config.data.batch_size, shuffle=False, num_epochs=1))
+        ds, batch_size=config.data.batch_size, shuffle=False, num_epochs=1, **process_rows()))
     return precompute_reference_logps(
         cfg, ref_params, batches, os.path.join(config.workdir, f"ref_logps_{split}.npz"),
-        dataset=dataset_fingerprint(ds))
+        dataset=dataset_fingerprint(ds), mesh=mesh)
 
 
 def build(config):
@@ -112,13 +113,14 @@ def build(config):
         ref_params = None
     else:
         ref_params = params if lcfg else jax.tree.map(lambda x: x.copy(), params)
-    train_it = Mapped(BatchIterator(train_ds, batch_size=d.batch_size, seed=config.seed),
-                      pair_weight)
+    # each process reads its own rows of every batch (all of them when it runs alone)
+    train_it = Mapped(BatchIterator(train_ds, batch_size=d.batch_size, seed=config.seed,
+                                    **process_rows()), pair_weight)
     eval_batches = [pair_weight(b) for b in BatchIterator(
-        eval_ds, batch_size=d.batch_size, shuffle=False, num_epochs=1)]
+        eval_ds, batch_size=d.batch_size, shuffle=False, num_epochs=1, **process_rows())]
     objective_ref = ref_params if config.reference == "on_the_fly" else None
     if config.reference == "precomputed":
-        train_table, eval_table = (reference_table(config, cfg, ref_params, ds, split)
+        train_table, eval_table = (reference_table(config, cfg, ref_params, ds, split, mesh)
                                    for ds, split in ((train_ds, "train"), (eval_ds, "eval")))
         train_it = Mapped(train_it, lambda b: with_reference_logps(b, train_table))
         eval_batches = [with_reference_logps(b, eval_table) for b in eval_batches]
@@ -187,10 +189,39 @@ def loop_fields() -> set[str]:
     return {f.name for f in dataclasses.fields(LoopConfig)} - {"workdir", "seed"}
 
 
+SAMPLING_KEYS = ("prompts", "samples", "max_len", "max_prompt_length", "max_new_tokens")
+
+
+def decoding_phase(config, cfg, mesh):
+    """The sampling phase of `config.dry_run_sampling` (keys SAMPLING_KEYS: one batch of
+    `prompts` prompts x `samples`, the sampler's max_len, the longest prompt, new tokens).
+    This runner samples nothing itself: the section sizes what its model is trained for. With
+    algorithm "arm", GenARM's guided decoding: the trained ARM (merged, full size, in its
+    param dtype) steers a base policy of the same shapes, each model with its own KV cache of
+    the same rows and slots (sampling/strategies.py `Guided`); otherwise the trained policy
+    samples alone."""
+    from jaxalign.algorithms.run_rest import rollout_kv_bytes
+    from jaxalign.models.sizing import param_bytes_per_device
+    from jaxalign.train.memory import PhaseMemory
+
+    sc = config.dry_run_sampling
+    unknown = set(sc.keys()) - set(SAMPLING_KEYS)
+    if unknown or set(SAMPLING_KEYS) - set(sc.keys()):
+        raise ValueError(f"config.dry_run_sampling: keys {sorted(sc.keys())}; expected "
+                         f"{list(SAMPLING_KEYS)}")
+    kv = rollout_kv_bytes(cfg, mesh, **{k: sc[k] for k in SAMPLING_KEYS})
+    params = param_bytes_per_device(cfg, mesh)
+    guided = config.get("algorithm") == "arm"
+    return PhaseMemory("sampling", params=params, kv_cache=kv * (2 if guided else 1),
+                       other_models=params if guided else 0)
+
+
 def dry_run(config) -> dict:
     """Builds the whole train step abstractly (jax.eval_shape) and sizes it on each slice of
-    `config.dry_run_meshes`; allocates nothing, so a 7B config validates on a laptop."""
-    from jaxalign.models.sizing import abstract_mesh
+    `config.dry_run_meshes` (named TPU slices or explicit meshes: `models.slices.sized_mesh`);
+    allocates nothing, so a 7B config validates on a laptop. Reports the training phase, and a
+    sampling phase where the config has a `dry_run_sampling` section (`decoding_phase`: for
+    an ARM, the guided decoding it is trained for), else "-": this runner samples nothing."""
     from jaxalign.models.transformer import param_shapes
     from jaxalign.train.step import init_state, make_train_step
 
@@ -227,13 +258,25 @@ def dry_run(config) -> dict:
     new_state, metrics = jax.eval_shape(step, state, batch, jax.random.key(0), params)
     if jax.tree.structure(new_state) != jax.tree.structure(state):
         raise AssertionError("train step changes the state's structure")
-    report = {"model": cfg, "metrics": sorted(metrics), "estimates": {}, "lora": lcfg,
+    report = {"model": cfg, "metrics": sorted(metrics), "lora": lcfg,
               "trainable": lora.param_count(state.params)}
-    for name, m in (config.get("dry_run_meshes") or {}).items():
-        m = dict(m)
-        hbm = m.pop("hbm_gib", None)
-        est = memory_estimate(config, cfg, optimizer, abstract_mesh(**m), params=params,
-                              adapters=adapters)
-        report["estimates"][name] = est
-        print(f"{name} {m}:\n{est.table(int(hbm * 2**30) if hbm else None)}", flush=True)
+
+    sampling = config.get("dry_run_sampling")
+
+    def phases_on(mesh):
+        est = memory_estimate(config, cfg, optimizer, mesh, params=params, adapters=adapters)
+        return est, [est.phase("training"),
+                     decoding_phase(config, cfg, mesh) if sampling else "sampling"]
+
+    if sampling and config.get("algorithm") == "arm":
+        note = ("sampling: GenARM's guided decoding after training (not part of this run): a "
+                "base of the ARM's shapes (params) guided by the merged ARM (other models), "
+                "a KV cache each; " + ", ".join(f"{k} {sampling[k]}" for k in SAMPLING_KEYS))
+    elif sampling:
+        note = ("sampling: the trained policy sampling (not part of this run); "
+                + ", ".join(f"{k} {sampling[k]}" for k in SAMPLING_KEYS))
+    else:
+        note = ("sampling: - (this run trains on a fixed preference set and samples nothing; "
+                "its evaluation scores log-probs)")
+    report.update(size_on_meshes(config.get("dry_run_meshes"), phases_on, note=note))
     return report

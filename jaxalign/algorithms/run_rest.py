@@ -30,6 +30,7 @@ prompt's text, so a row whose prompt the pipeline cut to max_prompt_length is le
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import jax
@@ -40,14 +41,16 @@ from jaxalign.algorithms.rest import rest_settings, run_rest
 from jaxalign.algorithms.runner import (load_policy, load_split, load_tokenizer, model_overrides,
                                         resolve_model_config)
 from jaxalign.data import Encoder, read_examples, toy
+from jaxalign.data.batching import bucket_lengths, pick_bucket
+from jaxalign.distributed import barrier
 from jaxalign.models import init_params
-from jaxalign.models.sizing import abstract_mesh, param_bytes_per_device, param_count
-from jaxalign.models.transformer import init_cache
+from jaxalign.models.sizing import kv_cache_bytes, param_bytes_per_device, param_count
 from jaxalign.objectives import rest_objective
 from jaxalign.reward import RewardScorer, init_reward_params, load_reward_hf, reward_logical_axes
 from jaxalign.reward.model import backbone_config
 from jaxalign.sharding import make_mesh
-from jaxalign.train.memory import MemoryEstimate, estimate_training_memory
+from jaxalign.train.memory import (MemoryEstimate, PhaseMemory, estimate_training_memory,
+                                   phase_table, size_on_meshes)
 from jaxalign.train.optim import make_optimizer
 from jaxalign.train.trainer import place_params
 
@@ -72,6 +75,7 @@ def data_paths(config) -> tuple[str, str]:
                                for r in toy.preference_rows(d.toy_train, 0)))
     if not io.is_committed(held) and jax.process_index() == 0:
         io.write_jsonl(held, ({"prompt": r["prompt"]} for r in toy.preference_rows(d.toy_eval, 1)))
+    barrier("jaxalign_toy_data")  # process 0's files, read by every process next
     return train, held
 
 
@@ -172,7 +176,7 @@ def score_step(scorer):
 def run(config) -> dict:
     """BC and the grow/improve steps of `config.rest`; returns run_rest's result and writes
     the stage table to `<workdir>/rest_stages.json`."""
-    os.makedirs(config.workdir, exist_ok=True)
+    io.makedirs(config.workdir)
     mesh = make_mesh(**config.mesh)
     tokenizer, cfg, params = load_policy(config, mesh)
     cfg = with_checkpoint_stop_ids(cfg, config.model)
@@ -206,50 +210,67 @@ def run(config) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class LoopMemory:
-    """Per-device bytes of a sample-score-train loop (ReST, SPPO): the train step's, plus what
-    lives beside it."""
+    """Per-device bytes of a sample-score-train loop (ReST, SPPO), phase by phase.
+
+    training: the train step, the policy copies kept beside it, the reward model, and the cache
+      of any sampling done while the train state lives (ReST's held-out evaluation; counted
+      beside the step's activations, an upper bound: they never coexist);
+    sampling: the grow step, with no train state: the policy copies (the sampler holds the
+      params in their own dtype), the reward model and the rollout batch's cache.
+    `total` is the larger of the two.
+    """
 
     train: MemoryEstimate  # params, optimizer, gradients, activations of the train step
     policy_copies: int  # `copies` copies of the policy's params outside the train state
     reward_params: int  # the frozen reward (or preference) model
-    kv_cache: int  # the sampler's cache: the largest batch it samples
+    kv_cache: int  # the sampler's cache of one grow batch
     copies: int = POLICY_COPIES
+    references: int = 0  # of the copies, those that are the loss's frozen reference (SPPO's pi_t)
+    train_kv_cache: int = 0  # sampling while the train state lives (ReST's held-out evaluation)
+
+    def phases(self) -> list[PhaseMemory]:
+        reference = self.policy_copies // self.copies * self.references
+        return [self.train.phase("training", params=self.policy_copies - reference,
+                                 reference=reference, kv_cache=self.train_kv_cache,
+                                 other_models=self.reward_params),
+                PhaseMemory("sampling", params=self.policy_copies, kv_cache=self.kv_cache,
+                            other_models=self.reward_params)]
 
     @property
     def total(self) -> int:
-        # an upper bound: the sampler's cache never coexists with the step's activations
-        return self.train.total + self.policy_copies + self.reward_params + self.kv_cache
+        return max(p.total for p in self.phases())
 
     def table(self, device_bytes: int | None = None) -> str:
-        gib = lambda b: f"{b / 2**30:8.2f} GiB"  # noqa: E731
-        rows = [(k, gib(getattr(self.train, k))) for k in
-                ("params", "optimizer", "gradients", "activations")]
-        rows += [("policy x" + str(self.copies), gib(self.policy_copies)),
-                 ("reward", gib(self.reward_params)), ("kv cache", gib(self.kv_cache)),
-                 ("total", gib(self.total))]
-        if device_bytes:
-            rows += [("device HBM", gib(device_bytes)),
-                     ("fits", "yes" if self.total < 0.9 * device_bytes else "NO")]
-        return "\n".join(f"  {k:<12}{v}" for k, v in rows)
+        return phase_table(self.phases(), device_bytes)
 
 
 def reward_param_count(rcfg) -> int:
     return param_count(backbone_config(rcfg)) + rcfg.hidden_size  # + the score head [D, 1]
 
 
-def kv_cache_bytes(cfg, rows: int, max_len: int, mesh) -> int:
-    """The sampler's cache for `rows` sequences of `max_len` slots on the most loaded device
-    (rows split over data x fsdp; heads not split over `model`: an upper bound)."""
-    cache = jax.eval_shape(lambda: init_cache(cfg, rows, max_len))
-    total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))
+def rollout_kv_bytes(cfg, mesh, *, prompts: int, samples: int, max_len: int,
+                     max_prompt_length: int, max_new_tokens: int) -> int:
+    """The sampler's KV cache for one batch of `prompts` prompts x `samples` samples on the
+    most loaded device, laid out as `Sampler` does: prompt rows rounded up to a multiple of the
+    data-parallel size (data x fsdp) and split over it, each repeated `samples` times after the
+    prefill (sampling/prompts.py `make_batches`); P + N - 1 slots, P the prompt-length bucket
+    of max_prompt_length and N = min(max_new_tokens, max_len - 1) (sampling/loop.py
+    `_prefill`). KV heads are not split over `model`: an upper bound. Not counted: the sampler
+    holds a batch's final state (its caches too) while the next batch runs (results are read
+    back after the next dispatch), so two batches' caches can be resident at once."""
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
-    return int(total * -(-rows // dp) / rows)
+    P = pick_bucket(min(max_prompt_length, max_len - 1), bucket_lengths(max_len - 1,
+                                                                        min_length=16))
+    slots = P + min(max_new_tokens, max_len - 1) - 1
+    return kv_cache_bytes(cfg, -(-prompts // dp) * samples, slots)
 
 
 def memory_estimate(config, cfg, rcfg, optimizer, mesh) -> LoopMemory:
     s, d = rest_settings(config.rest), config.data
-    held_rows = d.get("eval_rows", 0) * s.eval_samples  # all held-out prompts: one batch
-    grow_rows = s.sample_batch * s.samples
+    kv = functools.partial(rollout_kv_bytes, cfg, mesh, max_len=d.max_length,
+                           max_prompt_length=d.max_prompt_length,
+                           max_new_tokens=s.max_new_tokens)
+    held = d.get("eval_rows", 0) or s.sample_batch  # held-out prompts, sampled in batches
     reward = (param_bytes_per_device(backbone_config(rcfg), mesh)
               + rcfg.hidden_size * np.dtype(rcfg.param_dtype).itemsize)
     return LoopMemory(
@@ -257,12 +278,16 @@ def memory_estimate(config, cfg, rcfg, optimizer, mesh) -> LoopMemory:
                                        seq_len=d.max_length, pairs=False,
                                        reference_on_the_fly=False),
         policy_copies=POLICY_COPIES * param_bytes_per_device(cfg, mesh), reward_params=reward,
-        kv_cache=kv_cache_bytes(cfg, max(grow_rows, held_rows), d.max_length, mesh))
+        kv_cache=kv(prompts=s.sample_batch, samples=s.samples),
+        train_kv_cache=kv(prompts=min(held, s.sample_batch), samples=s.eval_samples)
+        if s.eval_every else 0)
 
 
 def dry_run(config) -> dict:
     """The ReST train step built abstractly (jax.eval_shape) and the run sized on each slice of
-    `config.dry_run_meshes`; allocates nothing, so an 8B config validates on a laptop."""
+    `config.dry_run_meshes` (named TPU slices or explicit meshes: `models.slices.sized_mesh`),
+    training and sampling phase (`LoopMemory`); allocates nothing, so an 8B config validates
+    on a laptop."""
     from jaxalign.models.transformer import param_shapes
     from jaxalign.train.step import init_state, make_train_step
 
@@ -282,15 +307,13 @@ def dry_run(config) -> dict:
     if jax.tree.structure(new_state) != jax.tree.structure(state):
         raise AssertionError("train step changes the state's structure")
     report = {"model": cfg, "reward_model": rcfg, "param_count": param_count(cfg),
-              "reward_param_count": reward_param_count(rcfg), "metrics": sorted(metrics),
-              "estimates": {}, "hbm": {}}
+              "reward_param_count": reward_param_count(rcfg), "metrics": sorted(metrics)}
     print(f"policy {report['param_count']:,} parameters, reward model "
           f"{report['reward_param_count']:,}", flush=True)
-    for name, m in (config.get("dry_run_meshes") or {}).items():
-        m = dict(m)
-        hbm = m.pop("hbm_gib", None)
-        est = memory_estimate(config, cfg, rcfg, optimizer, abstract_mesh(**m))
-        report["estimates"][name] = est
-        report["hbm"][name] = int(hbm * 2**30) if hbm else None
-        print(f"{name} {m}:\n{est.table(report['hbm'][name])}", flush=True)
+
+    def phases_on(mesh):
+        est = memory_estimate(config, cfg, rcfg, optimizer, mesh)
+        return est, est.phases()
+
+    report.update(size_on_meshes(config.get("dry_run_meshes"), phases_on))
     return report

@@ -34,20 +34,21 @@ import jax
 import numpy as np
 
 from jaxalign import io
-from jaxalign.algorithms.run_rest import (LoopMemory, kv_cache_bytes, load_reward,
-                                          read_prompt_file, reward_config,
-                                          reward_param_count, with_checkpoint_stop_ids)
+from jaxalign.algorithms.run_rest import (LoopMemory, load_reward, read_prompt_file,
+                                          reward_config, reward_param_count,
+                                          rollout_kv_bytes, with_checkpoint_stop_ids)
 from jaxalign.algorithms.runner import (load_model, load_policy, load_tokenizer,
                                         resolve_model_config)
 from jaxalign.algorithms.sppo import PreferenceStep, check_splits, run_sppo, sppo_settings
 from jaxalign.data import toy
-from jaxalign.models.sizing import abstract_mesh, param_bytes_per_device, param_count
+from jaxalign.distributed import barrier
+from jaxalign.models.sizing import param_bytes_per_device, param_count
 from jaxalign.objectives import preference_objective
 from jaxalign.reward import RewardScorer
 from jaxalign.reward.model import backbone_config
 from jaxalign.reward.preference import PairwiseJudge, ScorePreferenceModel
 from jaxalign.sharding import make_mesh
-from jaxalign.train.memory import estimate_training_memory
+from jaxalign.train.memory import estimate_training_memory, size_on_meshes
 from jaxalign.train.optim import make_optimizer
 
 # Copies of the policy's params outside the train state while an iteration trains: pi_t (the
@@ -78,6 +79,7 @@ def split_paths(config) -> list[str]:
         if not io.is_committed(path) and jax.process_index() == 0:
             io.write_jsonl(path, ({"prompt": p} for p in prompts[t * n:(t + 1) * n]))
         paths.append(path)
+    barrier("jaxalign_toy_data")  # process 0's files, read by every process next
     return paths
 
 
@@ -127,7 +129,7 @@ def run(config) -> dict:
     if config.preference.kind not in PREFERENCES:
         raise ValueError(f"config.preference.kind: expected one of {PREFERENCES}, got "
                          f"{config.preference.kind!r}")
-    os.makedirs(config.workdir, exist_ok=True)
+    io.makedirs(config.workdir)
     mesh = make_mesh(**config.mesh)
     # the prompt splits are read and checked (disjoint, one per iteration) before any weights
     splits = [read_split(t, p, load_tokenizer(config.tokenizer), config.data)
@@ -170,15 +172,20 @@ def memory_estimate(config, cfg, optimizer, mesh) -> LoopMemory:
                                        seq_len=d.max_length, pairs=True,
                                        reference_on_the_fly=False,
                                        lean_logprobs=config.get("lean_logprobs", False)),
-        copies=POLICY_COPIES, policy_copies=POLICY_COPIES * param_bytes_per_device(cfg, mesh),
+        copies=POLICY_COPIES, references=1,
+        policy_copies=POLICY_COPIES * param_bytes_per_device(cfg, mesh),
         reward_params=preference_bytes(config, mesh),
-        kv_cache=kv_cache_bytes(cfg, s.sample_batch * s.samples, d.max_length, mesh))
+        kv_cache=rollout_kv_bytes(cfg, mesh, prompts=s.sample_batch, samples=s.samples,
+                                  max_len=d.max_length, max_prompt_length=d.max_prompt_length,
+                                  max_new_tokens=s.max_new_tokens))
 
 
 def dry_run(config) -> dict:
     """The SPPO train step built abstractly (jax.eval_shape) and the run sized on each slice of
-    `config.dry_run_meshes` (train step, policy copies, preference model, the grow batch's KV
-    cache); allocates nothing, so a 9B config validates on a laptop."""
+    `config.dry_run_meshes` (named TPU slices or explicit meshes: `models.slices.sized_mesh`),
+    training phase (train step, pi_t, the sampler's copy, preference model) and sampling phase
+    (the policy copies, preference model, a grow batch's KV cache); allocates nothing, so a 9B
+    config validates on a laptop."""
     from jaxalign.models.transformer import param_shapes
     from jaxalign.train.step import init_state, make_train_step
 
@@ -203,15 +210,13 @@ def dry_run(config) -> dict:
     pcount = (reward_param_count(pcfg) if config.preference.kind == "reward_model"
               else param_count(pcfg))
     report = {"model": cfg, "preference_model": pcfg, "param_count": param_count(cfg),
-              "preference_param_count": pcount, "metrics": sorted(metrics), "estimates": {},
-              "hbm": {}}
+              "preference_param_count": pcount, "metrics": sorted(metrics)}
     print(f"policy {report['param_count']:,} parameters, preference model ({config.preference.kind}) "
           f"{pcount:,}", flush=True)
-    for name, m in (config.get("dry_run_meshes") or {}).items():
-        m = dict(m)
-        hbm = m.pop("hbm_gib", None)
-        est = memory_estimate(config, cfg, optimizer, abstract_mesh(**m))
-        report["estimates"][name] = est
-        report["hbm"][name] = int(hbm * 2**30) if hbm else None
-        print(f"{name} {m}:\n{est.table(report['hbm'][name])}", flush=True)
+
+    def phases_on(mesh):
+        est = memory_estimate(config, cfg, optimizer, mesh)
+        return est, est.phases()
+
+    report.update(size_on_meshes(config.get("dry_run_meshes"), phases_on))
     return report

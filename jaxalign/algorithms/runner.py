@@ -21,6 +21,7 @@ import numpy as np
 
 from jaxalign.data import load_dataset, toy
 from jaxalign.data.tokenize import load_tokenizer_dir
+from jaxalign.distributed import barrier
 from jaxalign.models import ModelConfig, init_params
 from jaxalign.models.presets import preset
 from jaxalign.sharding import check_batch_rows
@@ -145,6 +146,10 @@ def toy_data_paths(config) -> tuple[str, str]:
     d = config.data
     if d.get("toy"):
         root = os.path.join(config.workdir, "data")
-        return (toy.write_preference_jsonl(os.path.join(root, "train.jsonl"), d.toy_train, 0),
-                toy.write_preference_jsonl(os.path.join(root, "eval.jsonl"), d.toy_eval, 1))
+        paths = os.path.join(root, "train.jsonl"), os.path.join(root, "eval.jsonl")
+        if jax.process_index() == 0:  # one writer; the others read it after the barrier
+            toy.write_preference_jsonl(paths[0], d.toy_train, 0)
+            toy.write_preference_jsonl(paths[1], d.toy_eval, 1)
+        barrier("jaxalign_toy_data")
+        return paths
     return d.train, d.eval

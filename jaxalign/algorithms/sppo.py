@@ -53,6 +53,7 @@ from jaxalign.algorithms import driver as drv_lib
 from jaxalign.algorithms.runner import Mapped, dataset_fingerprint, pair_weight
 from jaxalign.checksum import tree_fingerprint
 from jaxalign.data import BatchIterator, from_token_rows
+from jaxalign.distributed import process_rows
 from jaxalign.objectives import precompute_reference_logps, preference_objective
 from jaxalign.objectives import with_reference_logps
 from jaxalign.sampling import Sampler
@@ -270,8 +271,8 @@ def run_sppo(s: SppoSettings, *, policy: tuple, tokenizer, splits: Sequence[Sequ
         steps = max(1, math.ceil(s.epochs * len(splits[t]) / batch_size))
         table = precompute_reference_logps(
             cfg, ref_params, (pair_weight(b) for b in BatchIterator(
-                ds, batch_size=batch_size, shuffle=False, num_epochs=1)),
-            os.path.join(d, "ref_logps.npz"), dataset=dataset_fingerprint(ds))
+                ds, batch_size=batch_size, shuffle=False, num_epochs=1, **process_rows())),
+            os.path.join(d, "ref_logps.npz"), dataset=dataset_fingerprint(ds), mesh=mesh)
         loop = LoopConfig(workdir=d, total_steps=steps, seed=seed + 1000 * t,
                           log_every=max(1, min(10, steps // 10)),
                           checkpoint_every=s.checkpoint_every, keep_checkpoints=1,
@@ -280,11 +281,13 @@ def run_sppo(s: SppoSettings, *, policy: tuple, tokenizer, splits: Sequence[Sequ
         trainer = Trainer(loop, objective=objective, optimizer=optimizer_for(steps),
                           params=jax.tree.map(lambda x: x.copy(), ref_params), model_cfg=cfg,
                           mesh=mesh, programs=programs)
-        it = Mapped(Mapped(BatchIterator(ds, batch_size=batch_size, seed=seed + t), pair_weight),
+        it = Mapped(Mapped(BatchIterator(ds, batch_size=batch_size, seed=seed + t,
+                                         **process_rows()), pair_weight),
                     lambda b: with_reference_logps(b, table))
         hand_on: dict = {}
         out = drv_lib.train_phase(d, trainer, it, select="last", on_event=event, hand_on=hand_on)
-        logs = [json.loads(line) for line in open(os.path.join(d, "metrics.jsonl"))]
+        logs = [json.loads(line)
+                for line in io.read_text(os.path.join(d, "metrics.jsonl")).splitlines()]
         if jax.process_index() == 0:
             write_table(os.path.join(d, "loss_log"), logs)
         current["params"] = hand_on["params"]

@@ -29,12 +29,14 @@ or "completion" (str, or the final assistant message), or "id". Malformed rows r
 from __future__ import annotations
 
 import gzip
+import io as stdio
 import json
 import os
 import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from jaxalign import io
 from jaxalign.data.errors import DataError, Report, check_on_error
 
 HH_ASSISTANT = "\n\nAssistant:"
@@ -50,12 +52,23 @@ def _as_paths(paths: PathLike | Iterable[PathLike]) -> list[str]:
 FORMATS = (".jsonl", ".jsonl.gz", ".json", ".parquet")
 
 
+def _open(path: str, mode: str = "rb"):
+    """A local file opened for reading, or a bucket object's bytes (`gs://...`) in memory."""
+    if io.is_url(path):
+        return stdio.BytesIO(io.read_bytes(path))
+    return open(path, mode)
+
+
 def check_file(path: PathLike) -> str:
     """`path` as a str, after checking it names an existing file of a known format."""
     path = os.fspath(path)
     if not path.endswith(FORMATS):
         raise ValueError(f"{path}: unknown format; expected .jsonl, .jsonl.gz, .json (JSON Lines "
                          "or one JSON array of objects) or .parquet")
+    if io.is_url(path):  # a bucket (gs://...): read through etils.epath
+        if not io.exists(path) or io.isdir(path):
+            raise FileNotFoundError(f"{path}: data file not found")
+        return path
     if not os.path.isfile(path):
         what = "is a directory, not a file" if os.path.isdir(path) else "no such file"
         raise FileNotFoundError(f"{path}: data file not found ({what})")
@@ -78,7 +91,8 @@ def iter_rows(path: PathLike) -> Iterator[tuple[str, int, dict | DataError]]:
 
 
 def _jsonl_rows(path: str):
-    opener = gzip.open if path.endswith(".gz") else open
+    gz = path.endswith(".gz")
+    opener = (lambda p, mode: gzip.open(_open(p, mode))) if gz else _open
     row, lineno = 0, 0
     try:
         with opener(path, "rb") as f:
@@ -101,7 +115,7 @@ def _jsonl_rows(path: str):
                 row += 1
     except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
         where = f"{path}:{lineno + 1}" if lineno else path
-        what = "corrupt or truncated gzip data" if opener is gzip.open else "cannot read it"
+        what = "corrupt or truncated gzip data" if gz else "cannot read it"
         after = f" after line {lineno}" if lineno else ""
         raise DataError(where, "unreadable_file",
                         f"{what}{after} ({type(e).__name__}: {e})") from e
@@ -109,7 +123,7 @@ def _jsonl_rows(path: str):
 
 def _json_rows(path: str):
     """A .json file: one JSON array of row objects ("path:row i"), else JSON Lines."""
-    with open(path, "rb") as f:
+    with _open(path, "rb") as f:
         first = next((line for line in f if line.strip()), b"").strip()
     if first[:1] == b"{" and _invalid_json(first) and isinstance(_parse(path, False), dict):
         raise DataError(path, "unreadable_file", "holds one JSON object spanning several "
@@ -137,7 +151,7 @@ def _invalid_json(raw: bytes) -> bool:
 def _parse(path: str, strict: bool):
     """The whole file as one JSON document; if invalid, a DataError (strict) or None."""
     try:
-        with open(path, "rb") as f:
+        with _open(path, "rb") as f:
             return json.loads(f.read())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         if not strict:
@@ -153,7 +167,7 @@ def _parquet_rows(path: str):
 
     row = 0
     try:
-        batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
+        batches = pq.ParquetFile(_open(path, "rb")).iter_batches(batch_size=1024)
         for batch in batches:
             for obj in batch.to_pylist():
                 yield f"{path}:row {row}", row, obj

@@ -9,7 +9,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from jaxalign import sharding as shd
 from jaxalign.models.config import ModelConfig
-from jaxalign.models.transformer import param_logical_axes, param_shapes
+from jaxalign.models.transformer import init_cache, param_logical_axes, param_shapes
 
 
 def param_count(cfg: ModelConfig) -> int:
@@ -45,3 +45,11 @@ def abstract_mesh(data: int = 1, fsdp: int = 1, model: int = 1) -> jax.sharding.
     from jax.sharding import AxisType
     return jax.sharding.AbstractMesh((data, fsdp, model), shd.MESH_AXES,
                                      axis_types=(AxisType.Auto,) * 3)
+
+
+def kv_cache_bytes(cfg: ModelConfig, rows: int, slots: int) -> int:
+    """Bytes of `init_cache(cfg, rows, slots)` (keys, values in the compute dtype, and the slot
+    mask): per row, 2 x layers x KV heads x head dim x slots x itemsize + slots."""
+    cache = jax.eval_shape(lambda: init_cache(cfg, 1, slots))
+    return rows * sum(int(np.prod(x.shape, dtype=np.int64)) * x.dtype.itemsize
+                      for x in jax.tree.leaves(cache) if x.ndim)  # the write index is per cache

@@ -18,15 +18,14 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxalign import losses
+from jaxalign import distributed, losses
 from jaxalign.checksum import data_fingerprint, tree_fingerprint
-from jaxalign.io import is_committed, read_committed, write_committed
+from jaxalign.io import exists, is_committed, read_committed, write_committed
 from jaxalign.models import completion_logprobs
 from jaxalign.objectives.columns import reads
 
@@ -118,7 +117,7 @@ class ReferenceLogps:
 
 def _read_table(path: str) -> tuple[ReferenceLogps | None, str]:
     """(the table committed at `path`, "") or (None, why there is none usable)."""
-    if not os.path.exists(path):
+    if not exists(path):
         return None, "none cached"
     if not is_committed(path):
         return None, "the cached one is incomplete (no matching .commit marker)"
@@ -142,11 +141,13 @@ def _write_table(path: str, table: ReferenceLogps) -> None:
 
 
 def precompute_reference_logps(model_cfg, ref_params, batches, cache_path: str | None = None,
-                               *, dataset: str | None = None) -> ReferenceLogps:
+                               *, dataset: str | None = None, mesh=None) -> ReferenceLogps:
     """Summed reference log-probs of every real row of `batches`, cached at `cache_path`.
 
     Batches need `index` [B] (row index in the dataset) and the pair columns; padding rows
-    (no chosen token) are skipped. The table records what it was computed for: `dataset` (a
+    (no chosen token) are skipped. With several processes each passes its own rows of every
+    batch (`BatchIterator(process_index=, process_count=)`) and `mesh`; every process gets the
+    whole table and process 0 writes the cache. The table records what it was computed for: `dataset` (a
     fingerprint of the rows, e.g. `jaxalign.data.dataset_fingerprint(ds)`) and the reference
     weights' `tree_fingerprint`. A cached table is reused only when both match; otherwise it is
     recomputed (saying why) and replaced.
@@ -172,15 +173,25 @@ def precompute_reference_logps(model_cfg, ref_params, batches, cache_path: str |
         return logps[:b], logps[b:]
 
     rows = {}
+    several = jax.process_count() > 1
+    if several and mesh is None:
+        raise ValueError("precompute_reference_logps: several processes need the `mesh` their "
+                         "rows are assembled on")
     for batch in batches:
-        chosen, rejected = jax.device_get(fwd(ref_params, {k: batch[k] for k in PAIR_COLUMNS}))
-        real = np.asarray(batch["chosen_mask"]).any(-1)
-        for i, r, c, rj in zip(np.asarray(batch["index"]).tolist(), real, chosen, rejected):
+        pair = {k: batch[k] for k in PAIR_COLUMNS}
+        chosen, rejected = (distributed.gather_rows(x) for x in fwd(
+            ref_params, distributed.put_rows(pair, mesh) if several else pair))
+        index, real = np.asarray(batch["index"]), np.asarray(batch["chosen_mask"]).any(-1)
+        if several:  # every process's rows, in the order of the global batch
+            index, real = (distributed.gather_rows(distributed.put_rows({"x": a}, mesh)["x"])
+                           for a in (index, real))
+        for i, r, c, rj in zip(index.tolist(), real, chosen, rejected):
             if r:
                 rows[int(i)] = (float(c), float(rj))
     table = ReferenceLogps(rows, identity, cache_path)
-    if cache_path:
+    if cache_path and jax.process_index() == 0:
         _write_table(cache_path, table)
+    distributed.barrier("jaxalign_reference_logps")
     return table
 
 

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from jaxalign import io
 from jaxalign.checksum import data_fingerprint, leaf_checksums, leaf_path
 
 ITEMS = ("state", "data", "meta")
@@ -128,18 +129,18 @@ def _cause(e: BaseException, limit: int = 300) -> str:
 
 def _check_files(where: str) -> None:
     """The step directory holds its three items and the state's array metadata."""
-    if not os.path.isdir(where):
+    if not io.isdir(where):
         raise FileNotFoundError(f"{where}: no such checkpoint")
-    missing = [i for i in ITEMS if not os.path.isdir(os.path.join(where, i))]
+    missing = [i for i in ITEMS if not io.isdir(io.join(where, i))]
     if missing:
-        what = "is empty" if not os.listdir(where) else "has no " + ", ".join(
+        what = "is empty" if not io.listdir(where) else "has no " + ", ".join(
             f"{i}/" for i in missing)
         raise DamagedCheckpoint(f"{where}: damaged checkpoint: the step directory {what}")
-    state_dir = os.path.join(where, "state")
+    state_dir = io.join(where, "state")
     needed = ["_METADATA"] + (["manifest.ocdbt"] if any(  # Orbax's OCDBT format
-        n.startswith("ocdbt.process_") for n in os.listdir(state_dir)) else [])
+        n.startswith("ocdbt.process_") for n in io.listdir(state_dir)) else [])
     for name in needed:
-        if not os.path.isfile(os.path.join(state_dir, name)):
+        if not io.exists(io.join(state_dir, name)):
             raise DamagedCheckpoint(f"{where}: damaged checkpoint: state/{name} is missing")
 
 
@@ -190,7 +191,7 @@ def _saved_arrays(manager, step: int, where: str, checksums: dict | None):
 class Checkpointer:
     def __init__(self, directory: str, model_cfg, *, keep: int = 3, async_save: bool = True,
                  best_metric: str | None = None, best_mode: str = "max"):
-        self.directory = os.path.abspath(directory)
+        self.directory = io.absolute(directory)  # (a gs:// URL stays one)
         self.model_cfg = model_cfg
         opts = ocp.CheckpointManagerOptions(max_to_keep=keep,
                                             enable_async_checkpointing=async_save)
@@ -308,12 +309,16 @@ class Checkpointer:
         it, and the step can be saved again); returns the new path."""
         src = os.path.join(str(manager.directory), str(step))
         dst, n = f"{src}.damaged", 1
-        while os.path.exists(dst):
+        while io.exists(dst):
             n += 1
             dst = f"{src}.damaged{n}"
         if jax.process_index() == 0:
             try:
-                os.rename(src, dst)
+                if io.is_url(src):  # no rename on an object store: epath copies, then deletes
+                    from etils import epath
+                    epath.Path(src).rename(dst)
+                else:
+                    os.rename(src, dst)
             except OSError as e:
                 raise DamagedCheckpoint(f"{error}; could not move it aside ({e}): move or "
                                         "delete it, then run again") from None

@@ -10,7 +10,8 @@ over them:
 It restores the latest checkpoint of `workdir` if there is one, so an interrupted run started
 again with the same command continues exactly where it stopped: parameters, optimizer state,
 step and data position all come back, and the step's rng is `fold_in(seed, step)`.
-SIGTERM (TPU preemption) saves a checkpoint and raises `Preempted` (exit code 75). A step whose
+SIGTERM (TPU preemption) saves a checkpoint and raises `Preempted` (exit code 75); with several
+processes, SIGTERM on any of them stops all at the same step (`jaxalign.distributed`). A step whose
 loss, gradients or updated parameters are not finite is not applied and stops the run, naming
 the step and the last checkpoint, with the offending batch saved next to the checkpoints; the
 state in memory and every checkpoint stay finite. A damaged newest checkpoint is moved aside
@@ -30,7 +31,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from jaxalign import io
+from jaxalign import distributed, io
 from jaxalign import sharding as shd
 from jaxalign.models.sizing import place_params  # the one copy; runners import it from here too
 from jaxalign.train.checkpoint import Checkpointer, abstract_like
@@ -102,6 +103,8 @@ class Trainer:
     `programs`: a dict the caller keeps across trainings; trainings with the same objective and
     optimizer objects then trace and compile their step once (ReST's improve steps). It holds
     what the objective closes over (a frozen reference's params) until the caller drops it.
+    Several processes: each passes its own rows of every batch (`BatchIterator(process_index=,
+    process_count=)`), assembled into one global batch; process 0 writes the metrics.
     Use as a context manager (or call `close()`): it waits for asynchronous saves. A Trainer
     holds its workdir (`io.WorkdirLock`) from construction to `close()`: a second process on
     the same workdir is refused, naming the first one's host and pid.
@@ -119,7 +122,6 @@ class Trainer:
                      "checkpoints/best"):
             io.refuse_link(os.path.join(loop.workdir, name))  # Orbax would write through one
         self.mesh = mesh or shd.make_mesh(data=-1)
-        self._row_spec = shd.batch_sharding(self.mesh).spec[0]
         params = place_params(params, model_cfg, self.mesh, logical_axes)
         self.state, self._step, self._eval = _programs(
             objective, optimizer, loop.micro_batches, self.mesh, params, programs)
@@ -127,11 +129,14 @@ class Trainer:
         self.ckpt = Checkpointer(os.path.join(loop.workdir, "checkpoints"), model_cfg,
                                  keep=loop.keep_checkpoints, async_save=loop.async_checkpoints,
                                  best_metric=loop.best_metric)
-        self.writer = MetricWriter(loop.workdir)
+        self.writer = MetricWriter(loop.workdir, active=jax.process_index() == 0)
         self.rng = jax.random.key(loop.seed)
         self.sigterm = False
+        # several processes: JAX's preemption service hears SIGTERM (`distributed.preempted`);
+        # a Python handler would replace its own
         self._previous_handler = signal.signal(
-            signal.SIGTERM, lambda *_: setattr(self, "sigterm", True))
+            signal.SIGTERM, lambda *_: setattr(self, "sigterm", True)
+        ) if jax.process_count() == 1 else None
         self._pending = None  # (step, metrics on device, host batch, tokens, t0): read one behind
         self._last_done = None  # when the last step's metrics were read back
         self._bar = None
@@ -164,12 +169,11 @@ class Trainer:
     # ---- step ----
     def _put(self, batch: dict, micro_batches: int = 1) -> dict:
         """The host batch on the mesh, rows split over the data-parallel axes (a row count that
-        does not split is an error naming it and the devices)."""
+        does not split is an error naming it and the devices). With several processes `batch`
+        is this process's rows; the global batch is every process's, in process order."""
         for rows in {np.shape(x)[0] for x in jax.tree.leaves(batch) if np.ndim(x)}:
-            shd.check_batch_rows(rows, self.mesh, micro_batches)
-        spec = lambda x: jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec(  # noqa: E731
-            self._row_spec, *([None] * (np.ndim(x) - 1))))
-        return jax.tree.map(lambda x: jax.device_put(x, spec(x)), batch)
+            shd.check_batch_rows(rows * jax.process_count(), self.mesh, micro_batches)
+        return distributed.put_rows(batch, self.mesh)
 
     def step(self, host_batch: dict) -> None:
         """Dispatches one update; the previous step's metrics are read back meanwhile."""
@@ -178,7 +182,9 @@ class Trainer:
         batch = self._put(host_batch, self.loop.micro_batches)
         self.state, metrics = self._step(self.state, batch, self.rng)
         self.flush()
-        self._pending = (step, metrics, host_batch, _tokens(host_batch), t0)
+        # tokens of the global batch: this process's, times the processes (equal row counts)
+        self._pending = (step, metrics, host_batch, _tokens(host_batch) * jax.process_count(),
+                         t0)
 
     def flush(self) -> dict | None:
         """Reads back the pending step's metrics and returns them; a step that was not finite
@@ -192,7 +198,8 @@ class Trainer:
             # neither it nor a step dispatched after it changed the state: number it back
             self.state = self.state.replace(step=jax.device_put(np.int32(step - 1),
                                                                 self.state.step.sharding))
-            path = os.path.join(self.loop.workdir, f"nonfinite_batch_step{step}.npz")
+            part = f".process{jax.process_index()}" if jax.process_count() > 1 else ""
+            path = os.path.join(self.loop.workdir, f"nonfinite_batch_step{step}{part}.npz")
             with io.open_for_write(path, "wb") as fh:
                 np.savez(fh, **{k: v for k, v in host_batch.items()
                                 if np.asarray(v).dtype != object})
@@ -271,7 +278,8 @@ class Trainer:
                 self.writer.close()
                 if self._bar is not None:
                     self._bar.close()
-                signal.signal(signal.SIGTERM, self._previous_handler)
+                if self._previous_handler is not None:
+                    signal.signal(signal.SIGTERM, self._previous_handler)
                 self._unlock()
 
     def __enter__(self) -> "Trainer":
@@ -279,6 +287,11 @@ class Trainer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def preempted(self, step: int) -> bool:
+        """Whether SIGTERM asks to stop after `step` (this process's signal, or with several
+        processes any process's, agreed at the same step on all). Call once per step."""
+        return distributed.preempted(step, self.sigterm)
 
     def progress(self, start: int) -> None:
         self._bar = tqdm(total=self.loop.total_steps, initial=start,
@@ -336,12 +349,15 @@ def run_loop(t: Trainer, train_iter, on_step: Callable[[int], Any] | None = None
         if loop.eval_every and step % loop.eval_every == 0 or step == loop.total_steps:
             t.flush()
             t.save_best(t.evaluate(step), train_iter.state())
-        saved = step % loop.checkpoint_every == 0 or step == loop.total_steps or t.sigterm
+        stop = t.preempted(step)
+        saved = step % loop.checkpoint_every == 0 or step == loop.total_steps or stop
         if saved:
             t.save(train_iter.state())
         if on_step is not None:
             on_step(step)
-        if t.sigterm:  # checked after on_step too: a signal that came meanwhile is not lost
+        # alone, checked after on_step too: a signal that came meanwhile is not lost (several
+        # processes must all agree at one sync point per step, the one above)
+        if stop or jax.process_count() == 1 and t.sigterm:
             if not saved:
                 t.save(train_iter.state())
             t.ckpt.wait()  # on disk before the exit code says so

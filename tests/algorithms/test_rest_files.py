@@ -26,10 +26,12 @@ def test_paper_config_dry_run_sizes_both_models_and_fits_its_slices():
         hbm = report["hbm"][name]
         assert 0 < est.total < 0.9 * hbm, (name, est.table(hbm))
         assert est.kv_cache > 0 and est.reward_params > 0 and est.train.activations > 0
-    # the sampler's cache for sample_batch * samples rows of max_length slots, split 8 ways
+    # the sampler's cache for sample_batch * samples rows, split 8 ways, of P + N - 1 slots:
+    # prompt bucket 512 + max_new_tokens 512 - 1 (the last token chosen is never fed back)
     rows = config.rest.sample_batch * config.rest.samples  # 64 x 25
-    per_row = 2 * 32 * 8 * 128 * 1024 * 2  # K and V, layers, KV heads, head dim, slots, bf16
-    assert report["estimates"]["v5p-16"].kv_cache >= rows // 8 * per_row
+    slots = 512 + 512 - 1
+    per_row = 2 * 32 * 8 * 128 * slots * 2 + slots  # K and V, layers, KV heads, head dim, bf16
+    assert report["estimates"]["v5p-16"].kv_cache == rows // 8 * per_row  # + the slot mask
 
 
 def test_smoke_config_runs_bc_and_one_grow_step(tmp_path):

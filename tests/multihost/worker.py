@@ -1,0 +1,131 @@
+"""One process of a multi-process test run: `python -m tests.multihost.worker MODE WORKDIR
+PROCESS_ID NUM_PROCESSES PORT [ACTION]` (tests/multihost/test_multiprocess.py starts them).
+
+Each process gets 8 / NUM_PROCESSES fake CPU devices, so every run has the 8 devices of the
+single-process tests (the same mesh).
+
+dpo: `python -m jaxalign` itself (`jaxalign.main.cli`) on the DPO toy config below, with
+  `--coordinator_address localhost:PORT --num_processes N --process_id I`. ACTION "sigterm@S":
+  process 1 sends itself SIGTERM after step S (both processes should save and exit 75);
+  "kill@S": every process SIGKILLs itself after step S; none: run to the end. At the end
+  process 0 writes WORKDIR/final.npz (the policy's params).
+grow: the grow step (`jaxalign.algorithms.grow.grow`) of a tiny random Llama on GROW_PROMPTS
+  into WORKDIR/grow, jax.distributed set up by `jaxalign.distributed.initialize`.
+"""
+
+import functools
+import os
+import sys
+
+if __name__ == "__main__":
+    _mode, _workdir, _pid, _nproc, _port = sys.argv[1:6]
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    os.environ["XLA_FLAGS"] = " ".join(
+        flags + [f"--xla_force_host_platform_device_count={8 // int(_nproc)}"])
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+import numpy as np  # noqa: E402
+
+STEPS, KILL_AT = 8, 6
+DPO_OVERRIDES = (
+    "--config.data.toy_train=64", "--config.data.toy_eval=16",
+    f"--config.loop.total_steps={STEPS}", f"--config.optim.total_steps={STEPS}",
+    "--config.optim.warmup_steps=1",
+    "--config.loop.checkpoint_every=2", "--config.loop.eval_every=3", "--config.loop.log_every=1",
+    "--config.loop.progress_bar=False", "--config.reference=precomputed")
+DPO_CONFIG = "experiments/dpo_toy.py:smoke"
+GROW_PROMPTS = [f"prompt {i} is" + " very" * (i % 4) for i in range(10)]  # shards of 5: 3 + 2
+GROW_SETTINGS = dict(n=2, seed=3, shard_size=5, batch_size=4, max_new_tokens=6,
+                     temperature=1.0)
+
+
+def dpo_config(workdir: str):
+    """The config the dpo mode runs, as `python -m jaxalign` builds it from DPO_OVERRIDES (for
+    the single-process run of the test)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("dpo_toy", DPO_CONFIG.split(":")[0])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(DPO_CONFIG.split(":")[1])
+    for o in DPO_OVERRIDES:
+        key, value = o.removeprefix("--config.").split("=")
+        *path, leaf = key.split(".")
+        section = functools.reduce(lambda c, k: c[k], path, config)
+        old = section[leaf]
+        section[leaf] = value == "True" if isinstance(old, bool) else type(old)(value)
+    config.workdir = workdir
+    return config
+
+
+def flat_params(params) -> dict:
+    """{path: numpy array} of a params tree (replicated or this process's addressable copy)."""
+    import jax
+    from jaxalign.checksum import leaf_path
+    return {leaf_path(p): np.asarray(x.addressable_data(0) if isinstance(x, jax.Array) else x)
+            for p, x in jax.tree_util.tree_leaves_with_path(params)}
+
+
+def tiny_sampler():
+    """A tiny random Llama's sampler on all 8 devices (the same weights in every process)."""
+    import jax
+    from jaxalign.data import toy
+    from jaxalign.models import init_params
+    from jaxalign.sampling import Sampler
+    from jaxalign.sharding import make_mesh
+    from tests.algorithms.rest_tiny import CFG
+    params = jax.device_get(jax.jit(init_params, static_argnums=0)(CFG, jax.random.key(0)))
+    return Sampler(CFG, params, toy.word_tokenizer(), mesh=make_mesh(data=-1), max_len=24,
+                   batch_size=GROW_SETTINGS["batch_size"])
+
+
+def run_grow(workdir: str):
+    from jaxalign.algorithms.grow import grow
+    settings = {k: v for k, v in GROW_SETTINGS.items() if k != "batch_size"}
+    return grow(GROW_PROMPTS, tiny_sampler(), out_dir=os.path.join(workdir, "grow"),
+                batch_size=GROW_SETTINGS["batch_size"], progress=False, **settings)
+
+
+def main(mode, workdir, pid, nproc, port, action=""):
+    import signal
+
+    import jax
+    jax.config.update("jax_default_matmul_precision", "highest")  # as tests/conftest.py
+    address, pid, nproc = f"localhost:{port}", int(pid), int(nproc)
+    if mode == "grow":
+        from jaxalign import distributed
+        distributed.initialize(address, nproc, pid, heartbeat_timeout_s=10)
+        run_grow(workdir)
+        return
+    from jaxalign import main as entry
+    from jaxalign.algorithms import run_dpo
+    from jaxalign.train import trainer
+
+    kind, _, at = action.partition("@")
+    run_loop = trainer.run_loop
+
+    def on_step_run_loop(t, it, on_step=None):
+        def hook(step):
+            if step == int(at or -1) and kind == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if step == int(at or -1) and kind == "sigterm" and pid == 1:
+                os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption service hears it
+        return run_loop(t, it, hook)
+
+    trainer.run_loop = on_step_run_loop
+
+    def run_and_save(config):
+        built, state = run_dpo.run(config)
+        if jax.process_index() == 0:
+            np.savez(os.path.join(workdir, "final.npz"), **flat_params(state.params))
+        return built, state
+
+    entry.RUNNERS["dpo"] = entry.RUNNERS["dpo"]._replace(run=run_and_save)
+    sys.argv = ["jaxalign", f"--config={DPO_CONFIG}", f"--workdir={workdir}", *DPO_OVERRIDES,
+                f"--coordinator_address={address}", f"--num_processes={nproc}",
+                f"--process_id={pid}", "--heartbeat_timeout_s=10"]
+    entry.cli()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
