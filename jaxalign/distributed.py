@@ -21,6 +21,7 @@ with a checkpoint (`preempted`, JAX's preemption sync point: no collective per s
 from __future__ import annotations
 
 import glob
+import logging
 import os
 
 import jax
@@ -43,10 +44,9 @@ def detected_cluster() -> str | None:
         return "slurm"
     if int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1 and "OMPI_MCA_orte_hnp_uri" in env:
         return "openmpi"
-    # a Cloud TPU VM: its TPU chips (/dev/accel*, or /dev/vfio/<n> on v5p and later) and the
-    # TPU runtime's variables; JAX's TPU cluster then asks the metadata server for the workers
-    tpu_devices = glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*")
-    if tpu_devices and any(k.startswith(("TPU_", "MEGASCALE_")) for k in env) or \
+    # a Cloud TPU VM (its chips: /dev/accel*, or /dev/vfio/<n> on v5p and later); JAX's TPU
+    # cluster then asks the metadata server for the workers (one, on a single-host VM)
+    if glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*") or \
             env.get("TPU_WORKER_HOSTNAMES", "").count(",") >= 1:
         return "tpu"
     return None
@@ -83,6 +83,14 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         jax.distributed.initialize(**kw, heartbeat_timeout_seconds=heartbeat_timeout_s,
                                    initialization_timeout=initialization_timeout_s,
                                    shutdown_timeout_seconds=3 * heartbeat_timeout_s)
+    except ValueError as e:  # detected, but JAX finds no coordinator: say so, run alone
+        if kw:
+            raise
+        logging.warning("jaxalign: this looks like a %s launch, but jax.distributed could not "
+                        "set up from its environment (%s); running as ONE process. On a "
+                        "multi-host launch give --coordinator_address, --num_processes and "
+                        "--process_id.", detected_cluster(), e)
+        return False
     except RuntimeError as e:
         if "before any JAX" in str(e) or "already" in str(e):
             raise RuntimeError(f"distributed: {e} (jaxalign.distributed.initialize must run "

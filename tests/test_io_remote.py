@@ -304,3 +304,36 @@ def test_grow_on_a_bucket_commits_shards_and_resumes_without_redoing_one(store, 
     assert scored == [4, 4]  # the restart sampled and scored the second shard only
     assert read_shards(paths) == want
     assert not any(op == "rename" for op, _ in store.ops)
+
+
+def test_metrics_on_a_bucket_are_rewritten_whole_and_rewind(store):
+    """metrics.jsonl on a bucket: no append (objects cannot), each write puts the whole file;
+    a resumed writer reads what is there, and rewind drops the later steps."""
+    from jaxalign.train.metrics import MetricWriter, read_jsonl
+
+    w = MetricWriter("mem://bucket/run")
+    for step in (1, 2, 3):
+        w.write(step, {"loss": 1.0 / step})
+    w.close()
+    path = "mem://bucket/run/metrics.jsonl"
+    assert [r["step"] for r in read_jsonl(path)] == [1, 2, 3]
+    assert not any("tensorboard" in url for url in store.objects)  # not written on a bucket
+    w = MetricWriter("mem://bucket/run")  # a resumed run, from the checkpoint of step 2
+    w.rewind(2)
+    w.write(3, {"loss": 0.25})
+    w.close()
+    assert [(r["step"], r["train/loss"]) for r in read_jsonl(path)] == [
+        (1, 1.0), (2, 0.5), (3, 0.25)]
+    assert {op for op, _ in store.ops} == {"put"}
+
+
+def test_data_files_are_read_from_a_bucket(store):
+    """Dataset readers take a bucket URL like a local path; a missing object names it."""
+    from jaxalign.data.readers import read_examples
+
+    io.write_atomic("mem://bucket/data/prompts.jsonl", '{"prompt": "a b"}\n{"prompt": "c"}\n')
+    rows = list(read_examples("prompt", "mem://bucket/data/prompts.jsonl"))
+    assert [r["prompt"] for r in rows] == ["a b", "c"]
+    assert rows[1]["location"] == "mem://bucket/data/prompts.jsonl:2"
+    with pytest.raises(FileNotFoundError, match="mem://bucket/data/none.jsonl"):
+        list(read_examples("prompt", "mem://bucket/data/none.jsonl"))

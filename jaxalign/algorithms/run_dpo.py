@@ -278,5 +278,6 @@ def dry_run(config) -> dict:
     else:
         note = ("sampling: - (this run trains on a fixed preference set and samples nothing; "
                 "its evaluation scores log-probs)")
-    report.update(size_on_meshes(config.get("dry_run_meshes"), phases_on, note=note))
+    report.update(size_on_meshes(config.get("dry_run_meshes"), phases_on, note=note,
+                                 batch=(B, config.loop.micro_batches)))
     return report

@@ -218,5 +218,6 @@ def dry_run(config) -> dict:
         est = memory_estimate(config, cfg, optimizer, mesh)
         return est, est.phases()
 
-    report.update(size_on_meshes(config.get("dry_run_meshes"), phases_on))
+    report.update(size_on_meshes(config.get("dry_run_meshes"), phases_on,
+                                 batch=(config.batch_size, 1)))
     return report

@@ -25,6 +25,7 @@ from jaxalign.models.config import ModelConfig
 from jaxalign.models.sizing import abstract_mesh, param_bytes_per_device
 from jaxalign.models.slices import sized_meshes
 from jaxalign.models.transformer import param_shapes
+from jaxalign.sharding import check_batch_rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,21 +107,31 @@ def phase_table(phases: Sequence[PhaseMemory | str], device_bytes: int | None = 
                      for r in (head, *rows))
 
 
-def size_on_meshes(dry_run_meshes, phases_on: Callable, *, note: str = "") -> dict:
+def size_on_meshes(dry_run_meshes, phases_on: Callable, *, note: str = "",
+                   batch: tuple[int, int] | None = None) -> dict:
     """Sizes a run on every mesh of `dry_run_meshes` (see `models.slices.sized_mesh`) and prints
     one phase table per mesh (GiB per device). `phases_on(mesh)` -> (estimate, [PhaseMemory or
-    the name of a phase the run does not have]); `note` is printed after the tables.
+    the name of a phase the run does not have]); `note` is printed after the tables. `batch`:
+    (rows, micro-batches) of a training step; a mesh they do not split over gets a line saying
+    that the run would refuse it there (and `out["batch_errors"][name]`).
 
     Returns {"estimates": {name: estimate}, "phases": {name: [...]}, "hbm": {name: bytes or
     None}, "meshes": {name: SizedMesh}}.
     """
-    out = {"estimates": {}, "phases": {}, "hbm": {}, "meshes": {}}
+    out = {"estimates": {}, "phases": {}, "hbm": {}, "meshes": {}, "batch_errors": {}}
     for name, sized in sized_meshes(dry_run_meshes).items():
-        est, phases = phases_on(abstract_mesh(**sized.axes))
+        mesh = abstract_mesh(**sized.axes)
+        est, phases = phases_on(mesh)
         out["estimates"][name], out["phases"][name] = est, list(phases)
         out["hbm"][name], out["meshes"][name] = sized.hbm_bytes, sized
         print(f"{name} ({sized.describe()}), GiB per device:\n"
               f"{phase_table(phases, sized.hbm_bytes)}", flush=True)
+        if batch is not None:
+            try:
+                check_batch_rows(batch[0], mesh, batch[1], "the training batch")
+            except ValueError as e:
+                out["batch_errors"][name] = str(e)
+                print(f"  NOT RUNNABLE AS CONFIGURED on {name}: {e}", flush=True)
     if note and out["phases"]:
         print(note, flush=True)
     return out

@@ -11,9 +11,7 @@ import socket
 import subprocess
 import sys
 
-import jax
 import numpy as np
-import pytest
 
 from tests.multihost import worker
 
