@@ -32,7 +32,7 @@ DPO_OVERRIDES = (
     "--config.data.toy_train=64", "--config.data.toy_eval=16",
     f"--config.loop.total_steps={STEPS}", f"--config.optim.total_steps={STEPS}",
     "--config.optim.warmup_steps=1",
-    "--config.loop.checkpoint_every=2", "--config.loop.eval_every=3", "--config.loop.log_every=1",
+    "--config.loop.checkpoint_every=3", "--config.loop.eval_every=0", "--config.loop.log_every=1",
     "--config.loop.progress_bar=False", "--config.reference=precomputed")
 DPO_CONFIG = "experiments/dpo_toy.py:smoke"
 GROW_PROMPTS = [f"prompt {i} is" + " very" * (i % 4) for i in range(10)]  # shards of 5: 3 + 2
