@@ -64,13 +64,17 @@ cgpo.calibrated_reward (sigma(r - r(a_bar))), cgpo.constrained_reward (R_calib *
 pass]), cgpo.all_judges_pass, cgpo.codpo_select, cgpo.crraft_select,
 rest.source_percentile_thresholds, dpo.log1mexp.
 
+Online RL (`rloo.py`, RLOO arXiv 2402.14740): rloo.rloo_advantages (r_i - mean_{j != i} r_j
+over a prompt's K samples) and rloo.policy_gradient (-min(rho A, clip(rho) A), the sequence
+ratio rho = pi/pi_old; without clipping REINFORCE's gradient).
+
 Pairwise metrics ([B], stop-gradiented): chosen_reward, rejected_reward (beta * r; beta * lbar
 for SimPO, lambda * lbar for ORPO, beta * r/|y| for length-normalised IPO, beta * l for
 reference-free DPO, beta_r * l for GenARM, r / eta for SPPO), reward_margin, reward_accuracy.
 """
 
 from jaxalign.losses import (bradley_terry, cgpo, dpo, genarm, logprobs, pair, pairwise, rest,
-                             sppo)
+                             rloo, sppo)
 from jaxalign.losses.bradley_terry import bradley_terry_loss
 from jaxalign.losses.cgpo import (all_judges_pass, calibrated_reward, codpo_select,
                                   constrained_reward, crraft_select)
@@ -86,7 +90,8 @@ __all__ = [
     "PairLogps", "SequenceLogprobs", "WinRates", "all_judges_pass", "bradley_terry",
     "bradley_terry_loss", "calibrated_reward", "cgpo",
     "codpo_select", "constrained_reward", "crraft_select", "dpo", "genarm", "get_loss",
-    "list_losses", "logprobs", "pairwise", "rest", "sequence_logprobs", "shifted_token_logprobs",
+    "list_losses", "logprobs", "pairwise", "rest", "rloo", "sequence_logprobs",
+    "shifted_token_logprobs",
     "shifted_token_logprobs_from_hidden", "source_percentile_thresholds", "sppo",
     "token_logprobs", "token_logprobs_from_hidden", "win_rates_from_matrix",
     "win_rates_from_scores", "pair", "pair_loss", "pair_metrics",

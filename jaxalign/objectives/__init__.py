@@ -10,6 +10,7 @@ preference.py     the DPO family and GenARM's ARM on (chosen, rejected) pairs; r
 sft.py            maximum likelihood of completions; token or example weights
 bradley_terry.py  a scalar reward model on pairs (`jaxalign.reward.model`); held-out accuracy
 rest.py           ReST's improve step: thresholded NLL on rows with a `reward` column
+policy_gradient.py  online RL (RLOO): clipped policy gradient with given advantages
 columns.py        `reads` and `check_columns`
 
 Objectives import `models`, `reward`, `losses` and `data`, never `sampling`, `train` or the
@@ -21,6 +22,7 @@ from jaxalign.objectives.bradley_terry import (bradley_terry_loss, bradley_terry
 from jaxalign.objectives.columns import check_columns, objective_name, reads
 from jaxalign.objectives.preference import (precompute_reference_logps, preference_objective,
                                             with_reference_logps)
+from jaxalign.objectives.policy_gradient import policy_gradient_objective
 from jaxalign.objectives.rest import rest_objective
 from jaxalign.objectives.sft import example_weight, sft_objective, token_weight
 
@@ -30,6 +32,7 @@ OBJECTIVES = {
     "sft": sft_objective,
     "bradley_terry": bradley_terry_objective,
     "rest": rest_objective,
+    "policy_gradient": policy_gradient_objective,
 }
 
 
@@ -43,6 +46,7 @@ def get_objective(name: str):
 __all__ = [
     "OBJECTIVES", "bradley_terry_loss", "bradley_terry_objective", "check_columns",
     "example_weight", "get_objective", "objective_name", "pairwise_accuracy",
+    "policy_gradient_objective",
     "precompute_reference_logps", "preference_objective", "reads", "rest_objective",
     "sft_objective",
     "token_weight", "with_reference_logps",

@@ -8,7 +8,9 @@ array), called on the whole batch; `Judge.__call__` checks what came back (bool-
 optional scores [N]) and names the judge when it is wrong. Rule judges run on the host
 (strings); LLM judges run one jitted, bucketed forward pass per batch (`TokenProbe`).
 CGPO's rule: a response violates if ANY judge fails (`jaxalign.losses.cgpo.all_judges_pass`);
-a badly formatted correct answer is a violation on purpose.
+a badly formatted correct answer is a violation on purpose. CGPO's three LLM judges are
+`LLMJudge`s with our templates: `false_refusal_judge`, `factuality_judge` (the ground truth
+from the metadata), `safety_judge` (end of this file); the math judge is in `math_judge.py`.
 """
 
 from __future__ import annotations

@@ -46,12 +46,14 @@ from jaxalign.reward.judges import Judge, Verdicts
 log = logging.getLogger(__name__)
 
 # One request per line: [gold, prediction] (JSON); one reply per line: [gold_parsed, equivalent].
+# Replies go to the real stdout; anything a library prints goes to stderr.
 _WORKER = r"""
 import json, logging, sys
+out, sys.stdout = sys.stdout, sys.stderr
 logging.disable(logging.CRITICAL)
 from math_verify import parse, verify
 golds = {}
-print("ready", flush=True)
+print("ready", file=out, flush=True)
 for line in sys.stdin:
     gold, pred = json.loads(line)
     if gold not in golds:
@@ -60,7 +62,7 @@ for line in sys.stdin:
         golds[gold] = parse(gold, parsing_timeout=None)
     g = golds[gold]
     ok = bool(g) and verify(g, parse(pred, parsing_timeout=None), timeout_seconds=None)
-    print(json.dumps([bool(g), bool(ok)]), flush=True)
+    print(json.dumps([bool(g), bool(ok)]), file=out, flush=True)
 """
 
 

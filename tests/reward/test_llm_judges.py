@@ -4,19 +4,19 @@ the factuality prompt, verdicts = p(pos) > p(neg) from the model's logits, missi
 import numpy as np
 import pytest
 
-from jaxalign.reward import MixtureOfJudges
 from jaxalign.reward.judges import (FACTUALITY_TEMPLATE, FALSE_REFUSAL_TEMPLATE, SAFETY_TEMPLATE,
                                     factuality_judge, false_refusal_judge, safety_judge)
 from tests.reward.tiny_lm import CFG, PARAMS, TOKENIZER, next_token_logprobs_direct
 
 # The toy word tokenizer has no " Yes"/" No": its own words stand in for the pair.
 KW = dict(positive="fine", negative="poor", max_length=128, min_bucket=128, batch_size=4)
-PROMPTS = ["tell me about your morning", "describe the city", "write a story of your friend",
-           "tell me about the garden"]
-RESPONSES = ["a good day and we saw the river", "the dark cold road", "sad",
-             "the sky was very bright then"]
-META = [{"answer": "the river"}, {"answer": "a cat"}, {"answer": "the tree"},
-        {"answer": "a kind friend"}]
+# Same word counts everywhere: every rendered prompt has one length (one compile by hand).
+PROMPTS = ["tell me about morning", "describe the city garden", "write a story of",
+           "tell me about garden", "describe your friend morning", "write the city story"]
+RESPONSES = ["a good day then", "the dark cold road", "sad and very angry", "the sky was bright",
+             "we saw it then", "kind and warm house"]
+META = [{"answer": a} for a in ("the river", "a cat", "the tree", "a friend", "calm sky",
+                                "the road")]
 
 
 @pytest.mark.parametrize("make, name, template", [
@@ -36,23 +36,17 @@ def test_names_templates_and_the_yes_no_pair(make, name, template):
 
 
 def test_verdicts_are_p_positive_above_p_negative_from_the_logits():
-    judges = [false_refusal_judge(CFG, PARAMS, TOKENIZER, **KW),
-              factuality_judge(CFG, PARAMS, TOKENIZER, **KW),
-              safety_judge(CFG, PARAMS, TOKENIZER, **KW)]
-    out = MixtureOfJudges(judges)(PROMPTS, RESPONSES, META)
-    assert out.names == ("false_refusal", "factuality", "safety")
-    for j, judge in enumerate(judges):
-        pos, neg = judge.probe.token_ids
-        lp = np.array([next_token_logprobs_direct(judge.render(p, r, m), (pos, neg))
-                       for p, r, m in zip(PROMPTS, RESPONSES, META)])
-        np.testing.assert_array_equal(out.verdicts[:, j], lp[:, 0] > lp[:, 1])
-        np.testing.assert_allclose(out.scores[judge.name], np.exp(lp[:, 0]) /
-                                   (np.exp(lp[:, 0]) + np.exp(lp[:, 1])), atol=1e-5)
-    # One example by hand: the softmax of the last position's logits, the two entries compared.
-    first = judges[1].render(PROMPTS[0], RESPONSES[0], META[0])
-    p_pos, p_neg = np.exp(next_token_logprobs_direct(first, judges[1].probe.token_ids))
-    assert out.verdicts[0, 1] == (p_pos > p_neg)
-    assert 0 < out.verdicts.sum() < out.verdicts.size, "all verdicts alike: pick other texts"
+    judge = factuality_judge(CFG, PARAMS, TOKENIZER, **KW)
+    out = judge(PROMPTS, RESPONSES, META)
+    pos, neg = judge.probe.token_ids
+    lp = np.array([next_token_logprobs_direct(judge.render(p, r, m), (pos, neg))
+                   for p, r, m in zip(PROMPTS, RESPONSES, META)])
+    np.testing.assert_array_equal(out.passed, lp[:, 0] > lp[:, 1])
+    np.testing.assert_allclose(out.scores, np.exp(lp[:, 0]) / np.exp(lp).sum(1), atol=1e-5)
+    assert 0 < out.passed.sum() < len(PROMPTS), "all verdicts alike: pick other texts"
+    # One example by hand: p(pos) and p(neg) from the softmax of the last logits, compared.
+    p_pos, p_neg = np.exp(lp[0])
+    assert out.passed[0] == (p_pos > p_neg)
 
 
 def test_factuality_prompt_shows_the_ground_truth_and_names_missing_metadata():
