@@ -1,4 +1,5 @@
-r"""ReST on the gym (Gulcehre et al. 2023, Table 1's analogue): BC, G=1 I=0, G=1 I=4, G=2 I=3.
+r"""ReST on the gym (Gulcehre et al. 2023, Table 1's analogue): BC, OnlineRL (RLOO), G=1 I=0,
+G=1 I=4, G=2 I=3.
 
     python -m jaxalign --config experiments/rest_gym.py --workdir results/rest_gym
     python -m jaxalign --config experiments/rest_gym.py:smoke --workdir /tmp/rest_gym
@@ -48,5 +49,13 @@ def get_config(arg: str = ""):
         bc_steps=6 if smoke else 60, improve_train_steps=6 if smoke else 60,
         lr_decay=0.5, select="best", eval_every=3 if smoke else 20,
         eval_samples=1 if smoke else 2, shard_size=256, score_chunk=64, sample_batch=64))
+    # the online baseline (the paper's OnlineRL row is PPO; RLOO stands in): the same proxy
+    # reward and prompts, K samples per prompt per step, the KL to the reference folded in
+    c.online = ml_collections.ConfigDict(dict(
+        steps=8 if smoke else 120, prompts_per_step=8 if smoke else 16, samples=4,
+        max_new_tokens=24, temperature=1.0, kl_coef=0.05, clip_eps=0.2, passes=2,
+        checkpoint_every=4 if smoke else 20, sample_batch=64))
+    c.online_optim = ml_collections.ConfigDict(dict(optimizer="adamw", lr=3e-4, warmup_steps=2,
+                                                    decay="constant", grad_clip=1.0))
     c.start_over = False
     return c

@@ -168,7 +168,7 @@ def run_online(s: OnlineSettings, *, policy: tuple, tokenizer, prompts: Sequence
     optimizer, _ = make_optimizer(**{**optim, "total_steps": updates,
                                      "warmup_steps": min(optim.get("warmup_steps", 0),
                                                          updates - 1)})
-    ref = jax.tree.map(lambda x: x.copy(), params) if ref_params is None else ref_params
+    ref = params if ref_params is None else ref_params  # (the trainer gets a copy: it donates)
     objective = policy_gradient_objective(cfg, clip_eps=s.clip_eps, lean_logprobs=lean_logprobs)
     loop = LoopConfig(workdir=workdir, total_steps=updates, seed=seed, log_every=s.passes,
                       checkpoint_every=updates + 1, keep_checkpoints=2, progress_bar=False)
@@ -178,7 +178,8 @@ def run_online(s: OnlineSettings, *, policy: tuple, tokenizer, prompts: Sequence
     logps = jax.jit(lambda p, b: completion_logprobs(cfg, p, b["tokens"], b["mask"],
                                                      b["loss_mask"], lean=lean_logprobs).sum)
     history = []
-    with Trainer(loop, objective=objective, optimizer=optimizer, params=params, model_cfg=cfg,
+    with Trainer(loop, objective=objective, optimizer=optimizer,
+                 params=jax.tree.map(lambda x: x.copy(), params), model_cfg=cfg,
                  mesh=mesh, meta={"online": dataclasses.asdict(s)}, programs=programs) as t:
         done = t.restore()
         if done % s.passes:

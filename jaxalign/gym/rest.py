@@ -7,7 +7,9 @@ language (its "human data") for each of `num_prompts` text prompts; a learned pr
 model (`gym.proxy`: a reward model fit to few Bradley-Terry oracle labels of the task's true
 reward) scores every sample, as the paper's learned metric does. For each seed two ReST runs
 (`jaxalign.algorithms.rest`): G=1 with I=4 improve steps and G=2 with I=3; the table reports
-BC (G=0, I=0), G=1 I=0, G=1 I=4 (first run) and G=2 I=3 (second), each policy evaluated on
+BC (G=0, I=0), G=1 I=0, G=1 I=4 (first run) and G=2 I=3 (second), plus the online baseline
+(the paper's OnlineRL row, PPO there: RLOO here, `jaxalign.algorithms.online`, on the same
+proxy reward and prompts, with the `online` settings), each policy evaluated on
 fresh test prompts (not the held-out prompts its checkpoint was chosen on) by the proxy reward
 (the paper's measure) and the true task reward (which shows whether the proxy was hacked), as
 mean +- sd over the seeds. Writes rest.md, rest.json and rest.png (both rewards against the
@@ -24,6 +26,7 @@ import jax
 import numpy as np
 
 from jaxalign.algorithms import driver as drv_lib
+from jaxalign.algorithms.online import online_settings, run_online
 from jaxalign.algorithms.rest import rest_settings, run_rest
 from jaxalign.gym import language as L
 from jaxalign.gym import oracles, tasks
@@ -32,9 +35,11 @@ from jaxalign.gym.proxy import train_proxy
 from jaxalign.sampling import Sampler
 from jaxalign.sharding import make_mesh
 
-ROWS = (("BC", "A", "BC"), ("G=1 I=0", "A", "G1I0"), ("G=1 I=4", "A", "G1I4"),
-        ("G=2 I=3", "B", "G2I3"))
-PAPER = {"BC": 70.9, "G=1 I=0": 71.9, "G=1 I=4": 77.8, "G=2 I=3": 83.1}
+ROWS = (("BC", "A", "BC"), ("OnlineRL (RLOO)", "R", "RLOO"), ("G=1 I=0", "A", "G1I0"),
+        ("G=1 I=4", "A", "G1I4"), ("G=2 I=3", "B", "G2I3"))
+# the paper's OnlineRL row is PPO; RLOO (`jaxalign.algorithms.online`) stands in for it here
+PAPER = {"BC": 70.9, "OnlineRL (RLOO)": 71.6, "G=1 I=0": 71.9, "G=1 I=4": 77.8,
+         "G=2 I=3": 83.1}
 
 
 def score_step(proxy, task):
@@ -99,6 +104,17 @@ def run(config) -> dict:
                                          config.test_samples, config.rest.max_new_tokens,
                                          seed=config.seed + 5)
             results[f"{seed}/{run_name}"] = out["stages"]
+        if config.get("online"):  # the online baseline: RLOO on the same proxy, prompts of D
+            out = run_online(online_settings(config.online), policy=(ref.model_cfg, ref.params),
+                             tokenizer=ref.tokenizer, score=score,
+                             prompts=[{"id": r["id"], "prompt_tokens": r["prompt_tokens"]}
+                                      for r in D], workdir=os.path.join(root, "rloo"),
+                             optim=config.online_optim.to_dict(), seed=seed,
+                             max_len=config.max_len, mesh=mesh)
+            test = test_scores(evaluator, score, out["params"], test_prompts,
+                               config.test_samples, config.online.max_new_tokens,
+                               seed=config.seed + 5)
+            results[f"{seed}/R"] = [{"label": "RLOO", "test": test}]
     report = summarise(results, config)
     write_report(config, ref, report)
     print(f"wrote {config.workdir}/rest.{{md,json,png}} in {time.perf_counter() - t0:.0f} s",
@@ -109,6 +125,8 @@ def run(config) -> dict:
 def summarise(results: dict, config) -> dict:
     table = []
     for row, run_name, label in ROWS:
+        if f"{config.seeds[0]}/{run_name}" not in results:
+            continue  # (no online section: no RLOO row)
         vals = [next(st["test"] for st in results[f"{s}/{run_name}"] if st["label"] == label)
                 for s in config.seeds]
         entry = {"method": row, "paper_iwslt": PAPER[row]}

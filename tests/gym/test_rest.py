@@ -19,6 +19,10 @@ def test_smoke_rest_improves_the_proxy_reward(ref, ref_cache, tmp_path):
     bc, g1, g2 = rows["BC"]["reward"], rows["G=1 I=4"]["reward"], rows["G=2 I=3"]["reward"]
     assert g1 > bc and g2 > g1, (bc, g1, g2)
     assert all(abs(e["true_reward"]) < 1 for e in rows.values())  # reported, bounded by tanh
+    # the online baseline's row (RLOO standing in for the paper's PPO), after BC in the table
+    assert [e["method"] for e in report["table"]][:2] == ["BC", "OnlineRL (RLOO)"]
+    assert rows["OnlineRL (RLOO)"]["paper_iwslt"] == 71.6
+    assert (tmp_path / "seed0" / "rloo" / "metrics.jsonl").exists()
     # every stage's dataset rows, records and training logs are on disk and readable
     run_b = tmp_path / "seed0" / "B"
     assert (run_b / "iter_002" / "build_improve_3" / "rows.jsonl").exists()
