@@ -25,7 +25,7 @@ from typing import Callable, NamedTuple
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxalign.algorithms import run_dpo, run_rest, run_reward, run_sppo
+from jaxalign.algorithms import run_dpo, run_online, run_rest, run_reward, run_sppo
 from jaxalign.gym import frontier, genarm
 from jaxalign.gym import rest as rest_gym
 from jaxalign.gym import sppo as sppo_gym
@@ -50,6 +50,8 @@ RUNNERS = {
     "arm": Runner(run_dpo.run, run_dpo.dry_run),
     "rest": Runner(run_rest.run, run_rest.dry_run),  # ReST from files: policy, RM, SFT data
     "sppo": Runner(run_sppo.run, run_sppo.dry_run),  # SPPO from files: policy, RM, prompt splits
+    "rloo": Runner(run_online.run, no_dry_run=(  # online RL (RLOO) from files: policy, RM, prompts
+        "the RLOO runner has no abstract build yet; its :smoke config runs in about 30 s")),
     "reward_bt": Runner(run_reward.run, no_dry_run=(  # a Bradley-Terry scalar reward model
         "the reward-model runner has no abstract build yet; its :smoke config trains in "
         "seconds"), one_process="its held-out accuracy is computed on one host's batches"),

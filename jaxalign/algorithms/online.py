@@ -147,11 +147,12 @@ def run_online(s: OnlineSettings, *, policy: tuple, tokenizer, prompts: Sequence
     metrics of the steps this call ran).
 
     policy: (ModelConfig, params), the starting weights (also the reference unless
-    `ref_params`). prompts: rows {"id", "prompt_tokens"} (ids unique: they key the samples).
-    score: (records {"id", "prompt_tokens", "tokens" (completion, stop token included),
-    "sample"}) -> {"reward": [N], other columns...}. optim: `make_optimizer` arguments (its
-    total_steps is set to the number of updates). on_step(step) runs after each step (tests
-    kill the process there).
+    `ref_params`). prompts: rows {"id", "prompt_tokens", "prompt"?} (ids unique: they key the
+    samples). score: (records {"id", "prompt_tokens", "tokens" (completion, stop token
+    included), "sample", "prompt" (the row's, or None), "completion" (text, without the stop
+    token; None without a tokenizer)}) -> {"reward": [N], other columns...}. optim:
+    `make_optimizer` arguments (its total_steps is set to the number of updates). on_step(step)
+    runs after each step (tests kill the process there).
     """
     if not prompts:
         raise ValueError("online RL needs prompts")
@@ -174,7 +175,8 @@ def run_online(s: OnlineSettings, *, policy: tuple, tokenizer, prompts: Sequence
                       checkpoint_every=updates + 1, keep_checkpoints=2, progress_bar=False)
     sampler = Sampler(cfg, params, tokenizer, mesh=mesh, max_len=max_len,
                       batch_size=s.sample_batch)
-    put = lambda b: {k: jax.device_put(v, batch_sharding(mesh, v.ndim)) for k, v in b.items()}  # noqa: E731
+    put = lambda b: {k: jax.device_put(v, batch_sharding(mesh, v.ndim))  # noqa: E731
+                     for k, v in b.items()}
     logps = jax.jit(lambda p, b: completion_logprobs(cfg, p, b["tokens"], b["mask"],
                                                      b["loss_mask"], lean=lean_logprobs).sum)
     history = []
@@ -195,7 +197,9 @@ def run_online(s: OnlineSettings, *, policy: tuple, tokenizer, prompts: Sequence
                           top_p=s.top_p, seed=(seed + step) % 2**31)
             t1 = time.perf_counter()
             records = [{"id": r["id"], "prompt_tokens": list(r["prompt_tokens"]),
-                        "tokens": out.tokens[i, j, :out.lengths[i, j]].tolist(), "sample": j}
+                        "tokens": out.tokens[i, j, :out.lengths[i, j]].tolist(), "sample": j,
+                        "prompt": r.get("prompt"),
+                        "completion": out.texts[i][j] if out.texts is not None else None}
                        for i, r in enumerate(rows) for j in range(s.samples)]
             cols = _check_scores(score(records), n_rows, rows, s.samples)
             t2 = time.perf_counter()

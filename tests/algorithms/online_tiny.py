@@ -16,8 +16,8 @@ import jax
 import numpy as np
 
 from jaxalign.algorithms.online import OnlineSettings, run_online
-from jaxalign.data import Encoder, toy
 from jaxalign.models import init_params
+from tests.algorithms import rest_tiny
 from tests.algorithms.rest_tiny import CFG
 
 SETTINGS = OnlineSettings(steps=5, prompts_per_step=4, samples=2, max_new_tokens=6,
@@ -28,19 +28,10 @@ MAX_LEN = 24
 
 
 def setup():
-    tok = toy.word_tokenizer()
-    enc = Encoder(tok)
-    prompts = [{"id": i, "prompt_tokens": enc.encode(r["prompt"], r["chosen"])[0]}
-               for i, r in enumerate(toy.preference_rows(12, seed=0))]
-    pos = np.array([tok.convert_tokens_to_ids(w) for w in toy.POSITIVE])
-    neg = np.array([tok.convert_tokens_to_ids(w) for w in toy.NEGATIVE])
-
-    def score(records):
-        t = [np.asarray(r["tokens"]) for r in records]
-        return {"reward": np.array([np.isin(x, pos).sum() - np.isin(x, neg).sum() for x in t],
-                                   np.float32)}
-
-    return tok, prompts, score
+    """(tokenizer, prompts, score): rest_tiny's toy prompts (their ids and prompt tokens) and
+    its positive-minus-negative-words reward."""
+    tok, data, _, score = rest_tiny.setup()
+    return tok, [{"id": r["id"], "prompt_tokens": r["prompt_tokens"]} for r in data[:12]], score
 
 
 def run(workdir, *, settings=SETTINGS, on_step=None, **kw):

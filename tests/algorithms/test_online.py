@@ -145,3 +145,21 @@ def test_the_sampler_sees_the_trained_weights(uninterrupted):
     decoded = s.model_logprobs[0, 0, :s.lengths[0, 0]].sum()
     np.testing.assert_allclose(decoded, full[0], atol=1e-4)
     assert abs(float(full[0]) - float(before[0])) > 1e-3
+
+
+def test_rloo_runner_from_files_through_the_entry_point(tmp_path):
+    """`config.algorithm = "rloo"` (experiments/rloo_toy.py:smoke): policy, random reward model
+    and toy prompt file; every step logged once, online.json written, a rerun resumes at the
+    end (no step run twice)."""
+    from experiments import rloo_toy
+    from jaxalign.main import run_config
+    c = rloo_toy.get_config("smoke")
+    c.workdir = str(tmp_path)
+    out = run_config(c)
+    assert [h["step"] for h in out["history"]] == list(range(1, c.online.steps + 1))
+    summary = json.loads((tmp_path / "online.json").read_text())
+    assert summary["settings"]["steps"] == c.online.steps and summary["last"]["step"] == 4
+    again = run_config(c)
+    assert again["history"] == []
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in rows if "rollout/reward" in r] == [2, 4, 6, 8]  # passes = 2

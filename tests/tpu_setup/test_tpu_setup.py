@@ -4,7 +4,6 @@ records them). The commands launch.sh and stop.sh send to the workers also run h
 temporary HOME with a fake `.venv/bin/python` and a fake `sudo`: a launched run logs per
 worker and a stop ends it and frees the TPU."""
 
-import os
 import shutil
 import subprocess
 import sys
