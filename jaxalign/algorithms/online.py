@@ -89,18 +89,20 @@ def online_settings(section) -> OnlineSettings:
     return OnlineSettings(**d)
 
 
-def step_prompts(prompts: Sequence[dict], step: int, per_step: int, seed: int) -> list[dict]:
+def step_prompts(prompts: Sequence[dict], step: int, per_step: int,
+                 seed: int | Sequence[int]) -> list[dict]:
     """The prompts of step `step` (1-based): the next `per_step` of an endless stream of epochs,
-    each a permutation drawn from (seed, epoch). Depends on (seed, step) alone."""
-    n, out = len(prompts), []
+    each a permutation drawn from (seed, epoch) (`seed` an int or a tuple of them, e.g. (seed,
+    task)). Depends on (seed, step) alone."""
+    n, out, key = len(prompts), [], [int(x) for x in np.atleast_1d(seed)]
     for g in range((step - 1) * per_step, step * per_step):
         epoch, pos = divmod(g, n)
-        order = np.random.default_rng([seed, epoch]).permutation(n)
+        order = np.random.default_rng([*key, epoch]).permutation(n)
         out.append(prompts[int(order[pos])])
     return out
 
 
-def _rows(prompt_rows: list[dict], out, max_len: int, pad_id: int) -> dict:
+def rollout_rows(prompt_rows: list[dict], out, max_len: int, pad_id: int) -> dict:
     """[P * K, max_len] prompt + completion rows (right-padded), completion tokens in loss_mask."""
     p, k = out.lengths.shape
     tokens = np.full((p * k, max_len), pad_id, np.int32)
@@ -117,7 +119,20 @@ def _rows(prompt_rows: list[dict], out, max_len: int, pad_id: int) -> dict:
     return {"tokens": tokens, "mask": mask, "loss_mask": loss_mask}
 
 
-def _check_scores(cols, n: int, prompt_rows: list[dict], k: int) -> dict[str, np.ndarray]:
+def rollout_records(prompt_rows: list[dict], out) -> list[dict]:
+    """The score step's records, prompt-major: {"id", "prompt_tokens", "tokens" (completion,
+    stop token included), "sample", "prompt" (the row's, or None), "completion" (text without
+    the stop token; None without a tokenizer), "metadata" (the row's, with "stop_reason")}."""
+    k = out.lengths.shape[1]
+    return [{"id": r["id"], "prompt_tokens": list(r["prompt_tokens"]),
+             "tokens": out.tokens[i, j, :out.lengths[i, j]].tolist(), "sample": j,
+             "prompt": r.get("prompt"),
+             "completion": out.texts[i][j] if out.texts is not None else None,
+             "metadata": {**(r.get("metadata") or {}), "stop_reason": str(out.stop_reason[i, j])}}
+            for i, r in enumerate(prompt_rows) for j in range(k)]
+
+
+def check_score_columns(cols, n: int, prompt_rows: list[dict], k: int) -> dict[str, np.ndarray]:
     """The score step's columns as float arrays [n]; a missing reward, a wrong shape or a value
     that is not finite is an error naming the record (prompt id, sample)."""
     if not isinstance(cols, dict) or "reward" not in cols:
@@ -196,14 +211,10 @@ def run_online(s: OnlineSettings, *, policy: tuple, tokenizer, prompts: Sequence
                           max_new_tokens=s.max_new_tokens, temperature=s.temperature,
                           top_p=s.top_p, seed=(seed + step) % 2**31)
             t1 = time.perf_counter()
-            records = [{"id": r["id"], "prompt_tokens": list(r["prompt_tokens"]),
-                        "tokens": out.tokens[i, j, :out.lengths[i, j]].tolist(), "sample": j,
-                        "prompt": r.get("prompt"),
-                        "completion": out.texts[i][j] if out.texts is not None else None}
-                       for i, r in enumerate(rows) for j in range(s.samples)]
-            cols = _check_scores(score(records), n_rows, rows, s.samples)
+            records = rollout_records(rows, out)
+            cols = check_score_columns(score(records), n_rows, rows, s.samples)
             t2 = time.perf_counter()
-            batch = _rows(rows, out, max_len, sampler.pad_id)
+            batch = rollout_rows(rows, out, max_len, sampler.pad_id)
             placed = put(batch)
             old, ref_lp = (np.asarray(jax.device_get(logps(p, placed)), np.float64)
                            for p in (t.params, ref))

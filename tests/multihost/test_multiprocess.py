@@ -2,7 +2,8 @@
 localhost (gloo collectives), against the single-process 8-device run of the same config.
 
 Each process is `tests/multihost/worker.py`; free ports per test (parallel workers never
-collide) and a 10 s heartbeat, so a failed peer ends a run in seconds.
+collide) and a 30 s heartbeat (a loaded 2-core CI machine can stall a process for seconds),
+so a failed peer ends a run in about a minute.
 """
 
 import os
@@ -46,8 +47,15 @@ def launch(mode: str, workdir: str, action: str = "", n: int = 2) -> list[tuple[
 
 
 def tail(out: list[tuple[int, str]]) -> str:
-    return "\n".join(f"--- process {i} (exit {rc}):\n{text[-3000:]}"
-                     for i, (rc, text) in enumerate(out))
+    """Each process's first error (a Python traceback or an absl check failure: what went wrong
+    first, before the peers' aborts that follow it) and the end of its output."""
+    def first_error(text: str) -> str:
+        at = [i for i in (text.find("Traceback (most recent call last)"),
+                          text.find("Check failed"), text.find("Fatal Python error"))
+              if i >= 0]
+        return text[min(at):min(at) + 3000] if at else ""
+    return "\n".join(f"--- process {i} (exit {rc}); first error:\n{first_error(text)}\n"
+                     f"--- its last lines:\n{text[-2000:]}" for i, (rc, text) in enumerate(out))
 
 
 def test_dpo_two_processes_preempted_killed_and_resumed(tmp_path):

@@ -94,7 +94,7 @@ def main(mode, workdir, pid, nproc, port, action=""):
     address, pid, nproc = f"localhost:{port}", int(pid), int(nproc)
     if mode == "grow":
         from jaxalign import distributed
-        distributed.initialize(address, nproc, pid, heartbeat_timeout_s=10)
+        distributed.initialize(address, nproc, pid, heartbeat_timeout_s=30)
         run_grow(workdir)
         return
     from jaxalign import main as entry
@@ -123,7 +123,7 @@ def main(mode, workdir, pid, nproc, port, action=""):
     entry.RUNNERS["dpo"] = entry.RUNNERS["dpo"]._replace(run=run_and_save)
     sys.argv = ["jaxalign", f"--config={DPO_CONFIG}", f"--workdir={workdir}", *DPO_OVERRIDES,
                 f"--coordinator_address={address}", f"--num_processes={nproc}",
-                f"--process_id={pid}", "--heartbeat_timeout_s=10"]
+                f"--process_id={pid}", "--heartbeat_timeout_s=30"]
     entry.cli()
 
 

@@ -73,7 +73,9 @@ def test_killed_run_restarts_to_the_same_records(reference, prompts_file, llama_
     proc = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while not (os.path.isdir(out) and any(f.startswith("shard") and f.endswith(".jsonl.commit")
+    # (a marker that exists may still be half written: wait for one that vouches for its shard)
+    while not (os.path.isdir(out) and any(f.startswith("shard") and f.endswith(".jsonl")
+                                          and is_committed(os.path.join(out, f))
                                           for f in os.listdir(out))):
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         assert time.time() < deadline
