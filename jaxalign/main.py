@@ -25,7 +25,8 @@ from typing import Callable, NamedTuple
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxalign.algorithms import run_dpo, run_online, run_rest, run_reward, run_sppo
+from jaxalign.algorithms import run_cgpo, run_dpo, run_online, run_rest, run_reward, run_sppo
+from jaxalign.gym import cgpo as cgpo_gym
 from jaxalign.gym import frontier, genarm
 from jaxalign.gym import rest as rest_gym
 from jaxalign.gym import sppo as sppo_gym
@@ -52,14 +53,20 @@ RUNNERS = {
     "sppo": Runner(run_sppo.run, run_sppo.dry_run),  # SPPO from files: policy, RM, prompt splits
     "rloo": Runner(run_online.run, no_dry_run=(  # online RL (RLOO) from files: policy, RM, prompts
         "the RLOO runner has no abstract build yet; its :smoke config runs in about 30 s")),
+    # CGPO from files: policy, reward models, judge models, one prompt file per task
+    "cgpo": Runner(run_cgpo.run, run_cgpo.dry_run, one_process=(
+        "the CGPO loop hands the trainer the whole batch on every process; per-process "
+        "rollouts are future work")),
     "reward_bt": Runner(run_reward.run, no_dry_run=(  # a Bradley-Terry scalar reward model
         "the reward-model runner has no abstract build yet; its :smoke config trains in "
         "seconds"), one_process="its held-out accuracy is computed on one host's batches"),
-    # the gym: DPO reward-vs-KL frontier, GenARM guided decoding, ReST's Table 1, SPPO vs DPO
+    # the gym: DPO reward-vs-KL frontier, GenARM guided decoding, ReST's Table 1, SPPO vs DPO,
+    # CGPO's judges against reward hacking
     "dpo_frontier": Runner(frontier.run, no_dry_run=GYM, one_process=GYM_ONE),
     "genarm_gym": Runner(genarm.run, no_dry_run=GYM, one_process=GYM_ONE),
     "rest_gym": Runner(rest_gym.run, no_dry_run=GYM, one_process=GYM_ONE),
     "sppo_gym": Runner(sppo_gym.run, no_dry_run=GYM, one_process=GYM_ONE),
+    "cgpo_gym": Runner(cgpo_gym.run, no_dry_run=GYM, one_process=GYM_ONE),  # CGPO vs RLOO
 }
 
 

@@ -13,6 +13,9 @@ variants are trained by other tests (no second run here):
                              it also checks the paper config's dry run numbers)
   sppo_ultrafeedback:smoke   tests/algorithms/test_sppo_files.py (run_config, algorithm sppo;
                              it also dry-runs the :llama3_8b and :gemma2_9b configs)
+  cgpo_toy:smoke             tests/algorithms/test_run_cgpo.py (run_config, algorithm cgpo; it
+                             also checks the cgpo_llama3_70b dry run's numbers);
+                             cgpo_llama3_70b:smoke is cgpo_toy:smoke
   sppo_gym:smoke             not run by a test: tests/gym/test_sppo.py runs its loop
                              (run_sppo on the gym's oracle) in process at a smaller size
   dpo_mistral_ultrafeedback:smoke, genarm_hh_rlhf:smoke, genarm_ultrafeedback:smoke
@@ -57,7 +60,7 @@ def test_config_loads_and_names_a_runner(name, arg):
 
 def test_paper_scale_configs_are_sized():
     assert {"dpo_mistral_ultrafeedback", "genarm_hh_rlhf", "rest_llama3_8b",
-            "sppo_ultrafeedback"} <= {
+            "sppo_ultrafeedback", "cgpo_llama3_70b"} <= {
         n for n, a in SIZED if a == ""}
 
 
@@ -91,6 +94,12 @@ def test_dry_run(name, arg, capsys):
         assert training.optimizer > 0 and training.activations > 0
         # ReST's held-out evaluation samples while the train state lives; nothing else does
         assert (training.kv_cache > 0) == (config.algorithm == "rest")
+        if config.algorithm == "cgpo":  # its Trainer (optimizer state too) lives while it samples
+            assert sampling.phase == "sampling" and sampling.kv_cache > 0
+            assert sampling.optimizer == training.optimizer
+            assert sampling.gradients == sampling.activations == 0
+            assert report["estimates"][mesh].total == max(training.total, sampling.total)
+            continue
         if loop or "dry_run_sampling" in config:  # a grow step, or the decoding it trains for
             assert sampling.phase == "sampling" and sampling.kv_cache > 0
             assert sampling.optimizer == sampling.gradients == sampling.activations == 0

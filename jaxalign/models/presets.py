@@ -52,6 +52,13 @@ HUB_CONFIGS: dict[str, dict] = {
         num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336,
         max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=500000.0,
         rope_scaling=None, bos_token_id=128000, eos_token_id=128001, torch_dtype="bfloat16"),
+    # meta-llama/Meta-Llama-3-70B's config.json (Meta-Llama-3-70B-Instruct has its shapes; its
+    # generation_config.json adds the stop id <|eot_id|> = 128009)
+    "llama-3-70b": dict(
+        model_type="llama", vocab_size=128256, hidden_size=8192, num_hidden_layers=80,
+        num_attention_heads=64, num_key_value_heads=8, intermediate_size=28672,
+        max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=500000.0,
+        rope_scaling=None, bos_token_id=128000, eos_token_id=128001, torch_dtype="bfloat16"),
     "llama-3.1-8b": dict(
         model_type="llama", vocab_size=128256, hidden_size=4096, num_hidden_layers=32,
         num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336,

@@ -1,0 +1,410 @@
+"""CGPO from files (`config.algorithm = "cgpo"`): a policy, reward models, judge models and one
+prompt file per task -> `cgpo.run_cgpo`.
+
+    python -m jaxalign --config experiments/cgpo_toy.py:smoke --workdir /tmp/cgpo_smoke
+    python -m jaxalign --config experiments/cgpo_llama3_70b.py --dry_run
+
+Config sections (experiments/cgpo_toy.py has a complete one):
+  model, tokenizer  the policy, as every runner (`runner.load_policy`)
+  reward_models  {name: reward model section, as rloo's `reward` (hf_path or a preset;
+                 tokenizer, max_length, max_prompt_length, batch_size)}; each loaded once
+  judge_models   {name: causal LM section (hf_path or a preset; tokenizer)} for LLM judges
+  tasks     {task: dict(prompts=<file> or toy=True, reward=<reward_models key>,
+            judges={judge name: dict(kind=<KINDS key>, model=<judge_models key> (LLM kinds),
+            ...the judge's keyword arguments)}, and `TASK_FIELDS` (CGPOTask's settings))}
+  data      max_length (the sampler's cache and the rows' length), max_prompt_length, chat,
+            on_error; toy_prompts (the toy prompts dealt over the toy=True tasks)
+  cgpo      `cgpo.CGPOSettings` fields;  optim: make_optimizer arguments
+  seed, mesh, workdir;  dry_run_meshes (the dry run's slices)
+
+A prompt row's id is "<task>:<row id>", and everything in the file row besides prompt, messages
+and id is its `metadata` for the judges (the answer, the unit tests, the instruction ids). The
+toy rule: the toy prompts are dealt round-robin over the toy=True tasks in config order, and
+each carries `baseline` (its preferred toy completion, a_bar with baseline="data"), `answer`
+(that completion's last word) and `instructions` (include that word). With baseline="data" a
+file row's `baseline` text is a_bar (`read_task_prompts`). Writes `<workdir>/cgpo.json`
+(settings and the last step's metrics). Every task, reward and judge is checked
+(`task_specs`) before anything loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+
+import jax
+import numpy as np
+
+from jaxalign import io
+from jaxalign.algorithms.cgpo import CGPOSettings, CGPOTask, run_cgpo
+from jaxalign.algorithms.run_rest import (load_reward, read_prompt_file, reward_config,
+                                          reward_param_count, rollout_kv_bytes, score_step,
+                                          with_checkpoint_stop_ids)
+from jaxalign.algorithms.runner import (load_model, load_policy, load_tokenizer,
+                                        resolve_model_config)
+from jaxalign.data import DataError, Encoder, toy
+from jaxalign.data.readers import iter_rows
+from jaxalign.distributed import barrier
+from jaxalign.models.sizing import param_bytes_per_device, param_count
+from jaxalign.reward import RewardScorer
+from jaxalign.reward.model import backbone_config
+from jaxalign.sharding import make_mesh
+from jaxalign.train.memory import PhaseMemory, estimate_training_memory, size_on_meshes
+from jaxalign.train.optim import make_optimizer
+
+# A task section's keys that are CGPOTask settings (beside prompts, toy, reward, judges).
+TASK_FIELDS = ("optimizer", "samples", "prompts_per_step", "kl_max", "rho", "beta", "lambda_",
+               "kl_coef", "baseline")
+TASK_KEYS = ("prompts", "toy", "reward", "judges", *TASK_FIELDS)
+RULE_KINDS = ("regex", "math", "code", "instructions")  # rule-based judges: no model
+LLM_KINDS = ("false_refusal", "factuality", "safety")  # read a judge_models model
+KINDS = RULE_KINDS + LLM_KINDS
+
+
+# ---- the config's tasks ----
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """One task section, checked: its settings, reward model name and judges
+    ({name: (kind, model name or None, keyword arguments)})."""
+
+    name: str
+    prompts: str  # a prompt file, or "" with toy
+    toy: bool
+    reward: str
+    judges: dict
+    settings: dict  # TASK_FIELDS given in the config
+
+
+def _section(node) -> dict:
+    return node.to_dict() if hasattr(node, "to_dict") else dict(node)
+
+
+def task_specs(config, need_prompts: bool = True) -> list[TaskSpec]:
+    """The config's tasks, checked without loading anything: known keys, a reward model of
+    `reward_models`, judges of known kinds (LLM kinds naming a `judge_models` model), and with
+    `need_prompts` a prompt file or toy=True (a dry run reads none); every error names the
+    task and the key."""
+    tasks = _section(config.get("tasks") or {})
+    if not tasks:
+        raise ValueError("config.tasks: CGPO needs at least one task")
+    rewards, judge_models = config.get("reward_models") or {}, config.get("judge_models") or {}
+    specs, used_rewards = [], set()
+    for name, t in tasks.items():
+        where = f"config.tasks.{name}"
+        unknown = sorted(set(t) - set(TASK_KEYS))
+        if unknown:
+            raise ValueError(f"{where}: unknown key {unknown[0]!r}; known: {sorted(TASK_KEYS)}")
+        if t.get("reward") not in rewards:
+            raise ValueError(f"{where}.reward: {t.get('reward')!r} is not a key of "
+                             f"config.reward_models ({sorted(rewards)})")
+        if need_prompts and bool(t.get("toy")) == bool(t.get("prompts")):
+            raise ValueError(f"{where}: give prompts (a prompt file) or toy=True, not "
+                             f"{'both' if t.get('toy') else 'neither'}")
+        judges = {}
+        for jname, j in (t.get("judges") or {}).items():
+            j = dict(j)
+            kind, model = j.pop("kind", None), j.pop("model", None)
+            if kind not in KINDS:
+                raise ValueError(f"{where}.judges.{jname}.kind: {kind!r} is not one of {KINDS}")
+            if kind in LLM_KINDS and model not in judge_models:
+                raise ValueError(f"{where}.judges.{jname}.model: {model!r} is not a key of "
+                                 f"config.judge_models ({sorted(judge_models)})")
+            if kind in RULE_KINDS and model is not None:
+                raise ValueError(f"{where}.judges.{jname}.model: a {kind} judge reads no model")
+            judges[jname] = (kind, model, j)
+        used_rewards.add(t["reward"])
+        specs.append(TaskSpec(name, t.get("prompts") or "", bool(t.get("toy")), t["reward"],
+                              judges, {k: t[k] for k in TASK_FIELDS if k in t}))
+    unused = sorted(set(rewards) - used_rewards)
+    if unused:
+        raise ValueError(f"config.reward_models.{unused[0]}: no task names it as its reward")
+    return specs
+
+
+def resident_judge_models(specs: list[TaskSpec]) -> list[str]:
+    """The judge_models keys some LLM judge reads (each loaded once), in first-use order."""
+    return list(dict.fromkeys(m for s in specs for _, m, _ in s.judges.values() if m))
+
+
+def toy_paths(config, specs: list[TaskSpec]) -> dict[str, str]:
+    """{task: toy prompt file under workdir/data} for the toy=True tasks (the module's rule)."""
+    names = [s.name for s in specs if s.toy]
+    if not names:
+        return {}
+    rows = toy.preference_rows(config.data.toy_prompts, 0)
+    rows = list({r["prompt"]: r for r in rows}.values())  # the toy generator repeats some
+    paths = {}
+    for i, name in enumerate(names):
+        path = os.path.join(config.workdir, "data", f"prompts_{name}.jsonl")
+        if not io.is_committed(path) and jax.process_index() == 0:
+            io.write_jsonl(path, ({"prompt": r["prompt"], "baseline": r["chosen"],
+                                   "answer": r["chosen"].split()[-1],
+                                   "instructions": [{"id": "keywords:existence", "kwargs": {
+                                       "keywords": [r["chosen"].split()[-1]]}}]}
+                                  for r in rows[i::len(names)]))
+        paths[name] = path
+    barrier("jaxalign_toy_data")
+    return paths
+
+
+def read_task_prompts(spec: TaskSpec, path: str, tokenizer, d) -> list[dict]:
+    """The task's prompt rows {"id": "<task>:<id>", "prompt", "prompt_tokens", "metadata"}
+    (prompts longer than max_prompt_length left out, counted). With baseline="data" each file
+    row's `baseline` (a_bar's text, e.g. the SFT data's preferred response) becomes
+    `baseline_tokens`, cut to fit max_length (counted)."""
+    meta = {}
+    for _, index, row in iter_rows(path):
+        if not isinstance(row, DataError):
+            meta[str(row.get("id", index))] = {k: v for k, v in row.items()
+                                               if k not in ("prompt", "messages", "id")}
+    enc, rows, cut = Encoder(tokenizer, chat=d.chat), [], 0
+    for p in read_prompt_file(path, tokenizer, d, name=f"task {spec.name}"):
+        m = meta[str(p["id"])]
+        row = {**p, "id": f"{spec.name}:{p['id']}", "metadata": m,
+               "prompt_tokens": enc.encode_prompt(p["prompt"], str(p["id"]))}
+        if spec.settings.get("baseline") == "data":
+            if not isinstance(m.get("baseline"), str):
+                raise ValueError(f"config.tasks.{spec.name}: baseline='data' but row "
+                                 f"{p['id']!r} of {path} has no 'baseline' text")
+            _, c = enc.encode(p["prompt"], m["baseline"], str(p["id"]))
+            room = d.max_length - len(row["prompt_tokens"])
+            cut += len(c) > room
+            row["baseline_tokens"] = c[:room]
+        rows.append(row)
+    if cut:
+        print(f"task {spec.name}: {cut} baseline responses cut to fit max_length "
+              f"{d.max_length}", flush=True)
+    if not rows:
+        raise ValueError(f"config.tasks.{spec.name}: {path} has no usable prompt")
+    return rows
+
+
+# ---- models and judges ----
+
+def make_judge(task: str, name: str, kind: str, kwargs: dict, llm):
+    """The judge `name` of `task`: a rule judge of `kind`, or `llm` = (cfg, params, tokenizer,
+    mesh) read through kind's LLM judge; a bad keyword is an error naming task and judge."""
+    from jaxalign.reward import (CodeJudge, InstructionJudge, MathAnswerJudge,
+                                 RegexAnswerJudge, factuality_judge, false_refusal_judge,
+                                 safety_judge)
+    rules = {"regex": RegexAnswerJudge, "math": MathAnswerJudge, "code": CodeJudge,
+             "instructions": InstructionJudge}
+    llms = {"false_refusal": false_refusal_judge, "factuality": factuality_judge,
+            "safety": safety_judge}
+    try:
+        if kind in rules:
+            return rules[kind](name=name, **kwargs)
+        cfg, params, tokenizer, mesh = llm
+        return llms[kind](cfg, params, tokenizer, mesh=mesh, name=name, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"config.tasks.{task}.judges.{name} ({kind}): {e}") from None
+
+
+def run(config) -> dict:
+    """CGPO for `config.cgpo.steps` steps (resuming from the workdir's checkpoint); returns
+    run_cgpo's result and writes `<workdir>/cgpo.json`."""
+    specs = task_specs(config)
+    s = CGPOSettings(**config.cgpo.to_dict())
+    io.makedirs(config.workdir)
+    mesh = make_mesh(**config.mesh)
+    tokenizer, cfg, params = load_policy(config, mesh)
+    cfg = with_checkpoint_stop_ids(cfg, config.model)
+    toys = toy_paths(config, specs)
+    prompts = {sp.name: read_task_prompts(sp, toys.get(sp.name) or sp.prompts, tokenizer,
+                                          config.data) for sp in specs}
+    scores = {}
+    for name in dict.fromkeys(sp.reward for sp in specs):
+        rc = config.reward_models[name]
+        tok = load_tokenizer(rc.get("tokenizer") or config.tokenizer)
+        rcfg, rparams = load_reward(rc, config.seed, mesh, tok.pad_token_id)
+        scores[name] = score_step(RewardScorer(
+            rcfg, rparams, tok, mesh=mesh, batch_size=rc.batch_size, max_length=rc.max_length,
+            max_prompt_length=rc.max_prompt_length))
+    llms = {}
+    for name in resident_judge_models(specs):
+        mc = config.judge_models[name]
+        llms[name] = (*load_model(mc, config.seed, mesh),
+                      load_tokenizer(mc.get("tokenizer") or config.tokenizer), mesh)
+    tasks = [CGPOTask(sp.name, prompts[sp.name], score=scores[sp.reward],
+                      judges=[make_judge(sp.name, j, kind, kw, llms.get(m))
+                              for j, (kind, m, kw) in sp.judges.items()], **sp.settings)
+             for sp in specs]
+    out = run_cgpo(s, tasks, policy=(cfg, params), tokenizer=tokenizer, workdir=config.workdir,
+                   optim=config.optim.to_dict(), seed=config.seed,
+                   max_len=config.data.max_length, mesh=mesh)
+    last = out["history"][-1] if out["history"] else None
+    if jax.process_index() == 0:
+        io.write_json(os.path.join(config.workdir, "cgpo.json"),
+                      {"settings": config.cgpo.to_dict(), "tasks": _section(config.tasks),
+                       "last": last})
+    for sp in specs:
+        m = last or {}
+        print(f"CGPO task {sp.name}: reward {m.get(f'{sp.name}/reward', float('nan')):.4f}, "
+              f"violation {m.get(f'{sp.name}/violation', float('nan')):.3f}, "
+              f"KL {m.get(f'{sp.name}/kl', float('nan')):.4f}", flush=True)
+    return out
+
+
+# ---- dry run ----
+
+def step_rows(specs: list[TaskSpec]) -> int:
+    """Rows of one update before padding: every task's prompts_per_step * samples, and for
+    CRRAFT one row more per prompt (a_bar, the fallback a*), as `run_cgpo` packs them."""
+    rows = 0
+    for sp in specs:
+        t = CGPOTask(sp.name, (), score=None, **sp.settings)  # the defaults of unset fields
+        rows += t.prompts_per_step * (t.samples + (t.optimizer == "crraft"))
+    return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class CGPOMemory:
+    """Per-device bytes of the CGPO loop on one mesh. The Trainer holds the train state all
+    run long, so both phases carry the policy's params and optimizer state; the reference's
+    params, every reward model and LLM judge stay resident throughout (`models`: name ->
+    bytes). Training adds gradients and activations; sampling adds the rollout KV cache."""
+
+    params: int
+    optimizer: int
+    gradients: int
+    activations: int
+    reference: int
+    models: dict  # reward models and LLM judges: name -> bytes per device
+    kv_cache: int
+
+    def phases(self) -> list[PhaseMemory]:
+        other = sum(self.models.values())
+        return [PhaseMemory("training", params=self.params, reference=self.reference,
+                            optimizer=self.optimizer, gradients=self.gradients,
+                            activations=self.activations, other_models=other),
+                PhaseMemory("sampling", params=self.params, reference=self.reference,
+                            optimizer=self.optimizer, kv_cache=self.kv_cache,
+                            other_models=other)]
+
+    @property
+    def total(self) -> int:
+        return max(p.total for p in self.phases())
+
+
+def resident_models(config, specs: list[TaskSpec]) -> dict[str, tuple[str, object, int]]:
+    """{label: (kind, ModelConfig, parameter count)} of every frozen model the loop keeps
+    resident: the reference, each reward model a task names, each judge model."""
+    ref = resolve_model_config(config.model)
+    out = {"reference": ("reference", ref, _count("reference", ref))}
+    for name in dict.fromkeys(sp.reward for sp in specs):
+        rcfg = reward_config(config.reward_models[name])
+        out[f"reward:{name}"] = ("reward model", rcfg, _count("reward model", rcfg))
+    for name in resident_judge_models(specs):
+        jcfg = resolve_model_config(config.judge_models[name])
+        out[f"judge:{name}"] = ("LLM judge", jcfg, _count("LLM judge", jcfg))
+    return out
+
+
+# Cached: a model's shapes are traced once per (config, mesh), not once per model of that
+# size (the 70B config's three reward models share one).
+def _count(kind: str, cfg) -> int:
+    return _count_of(kind == "reward model", cfg)
+
+
+@functools.lru_cache(maxsize=64)
+def _count_of(reward: bool, cfg) -> int:
+    return reward_param_count(cfg) if reward else param_count(cfg)
+
+
+@functools.lru_cache(maxsize=64)
+def model_bytes(kind: str, cfg, mesh) -> int:
+    """A frozen model's params per device (a reward model: backbone + score head)."""
+    if kind == "reward model":
+        return (param_bytes_per_device(backbone_config(cfg), mesh)
+                + cfg.hidden_size * np.dtype(cfg.param_dtype).itemsize)
+    return param_bytes_per_device(cfg, mesh)
+
+
+def memory_estimate(config, specs, cfg, optimizer, mesh, resident=None) -> CGPOMemory:
+    """CGPOMemory of the config on `mesh` (the batch padded to its data-parallel size)."""
+    s, d = CGPOSettings(**config.cgpo.to_dict()), config.data
+    dp = mesh.shape["data"] * mesh.shape["fsdp"]
+    rows = -(-step_rows(specs) // dp) * dp
+    train = estimate_training_memory(cfg, optimizer, mesh=mesh, micro_batch=rows,
+                                     seq_len=d.max_length, pairs=False,
+                                     reference_on_the_fly=False)
+    kv = 0
+    for sp in specs:  # the sampler's batch: sample_batch prompts of one task at a time
+        t = CGPOTask(sp.name, (), score=None, **sp.settings)
+        kv = max(kv, rollout_kv_bytes(cfg, mesh, prompts=min(t.prompts_per_step,
+                                                               s.sample_batch),
+                                      samples=t.samples, max_len=d.max_length,
+                                      max_prompt_length=d.max_prompt_length,
+                                      max_new_tokens=s.max_new_tokens))
+    resident = resident or resident_models(config, specs)
+    models = {label: model_bytes(kind, mcfg, mesh)
+              for label, (kind, mcfg, _) in resident.items()}
+    return CGPOMemory(params=train.params, optimizer=train.optimizer,
+                      gradients=train.gradients, activations=train.activations,
+                      reference=models.pop("reference"), models=models, kv_cache=kv)
+
+
+def dry_run(config) -> dict:
+    """The CGPO train step built abstractly (jax.eval_shape; `policy_gradient_objective` with
+    no clip, one row per sample and per CRRAFT baseline) and the run sized on each slice of
+    `config.dry_run_meshes`, training and sampling phase (`CGPOMemory`), the resident models
+    listed with their parameter counts. Reads no prompt file, allocates nothing."""
+    from jaxalign.models.transformer import param_shapes
+    from jaxalign.objectives import policy_gradient_objective
+    from jaxalign.train.step import init_state, make_train_step
+
+    specs = task_specs(config, need_prompts=False)
+    s = CGPOSettings(**config.cgpo.to_dict())
+    for sp in specs:
+        row = {"id": 0, "prompt_tokens": [0], "baseline_tokens": [0]}  # settings checked only
+        CGPOTask(sp.name, (row,), score=None, **sp.settings).check()
+    cfg = resolve_model_config(config.model)
+    optim = config.optim.to_dict()
+    optimizer, _ = make_optimizer(**{**optim, "total_steps": s.steps, "warmup_steps": min(
+        optim.get("warmup_steps", 0), s.steps - 1)})
+    state = jax.eval_shape(lambda p: init_state(p, optimizer), param_shapes(cfg))
+    B, T, sds = step_rows(specs), config.data.max_length, jax.ShapeDtypeStruct
+    batch = {"tokens": sds((B, T), np.int32), "mask": sds((B, T), bool),
+             "loss_mask": sds((B, T), bool), "weight": sds((B,), np.float32),
+             "advantage": sds((B,), np.float32), "old_logps": sds((B,), np.float32)}
+    step = make_train_step(policy_gradient_objective(cfg, clip_eps=None), optimizer)
+    new_state, metrics = jax.eval_shape(step, state, batch, jax.random.key(0))
+    if jax.tree.structure(new_state) != jax.tree.structure(state):
+        raise AssertionError("train step changes the state's structure")
+    frozen = resident_models(config, specs)
+    resident = {"policy": ("policy (trained)", cfg, _count("policy", cfg)), **frozen}
+    print(f"CGPO: {len(specs)} tasks, {B} rows per update (before padding), resident models:",
+          flush=True)
+    for label, (kind, _, n) in resident.items():
+        print(f"  {label:<28}{kind:<18}{n:>18,} parameters", flush=True)
+    report = {"model": cfg, "param_count": resident["policy"][2], "rows": B,
+              "resident": {k: (kind, n) for k, (kind, _, n) in resident.items()},
+              "metrics": sorted(metrics)}
+
+    def phases_on(mesh):
+        est = memory_estimate(config, specs, cfg, optimizer, mesh, frozen)
+        return est, est.phases()
+
+    report.update(size_on_meshes(config.get("dry_run_meshes"), phases_on))
+    if report["estimates"]:
+        print(model_table(report["estimates"]), flush=True)
+    return report
+
+
+def model_table(estimates: dict[str, CGPOMemory]) -> str:
+    """The frozen resident models (the reference and the tables' "other models"), GiB per
+    device on each mesh."""
+    names = list(estimates)
+    first = estimates[names[0]]
+    rows = [("reference", [e.reference for e in estimates.values()])]
+    rows += [(label, [e.models[label] for e in estimates.values()]) for label in first.models]
+    rows.append(("other models (sum)", [sum(e.models.values()) for e in estimates.values()]))
+    w = max(len(r[0]) for r in rows)
+    lines = ["frozen models resident in both phases, GiB per device (not counted: the reward "
+             "models' and judges' forward activations, the log-prob forward of a step's rows):",
+             "  " + "model".ljust(w) + "".join(f"{n:>14}" for n in names)]
+    lines += ["  " + label.ljust(w) + "".join(f"{b / 2**30:>14.2f}" for b in v)
+              for label, v in rows]
+    return "\n".join(lines)
