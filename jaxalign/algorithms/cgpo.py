@@ -176,9 +176,10 @@ def run_cgpo(s: CGPOSettings, tasks: Sequence[CGPOTask], *, policy: tuple, token
     logps = jax.jit(lambda p, b: completion_logprobs(cfg, p, b["tokens"], b["mask"],
                                                      b["loss_mask"]).sum)
     history = []
-    meta = {"cgpo": dataclasses.asdict(s), "tasks": [
-        {k: v for k, v in dataclasses.asdict(t).items()
-         if k not in ("prompts", "score", "judges")} for t in tasks]}
+    meta = {"cgpo": dataclasses.asdict(s), "tasks": [  # (judges may hold locks: no deepcopy)
+        {f.name: getattr(t, f.name) for f in dataclasses.fields(t)
+         if f.name not in ("prompts", "score", "judges")}
+        | {"judges": [j.name for j in t.judges], "prompts": len(t.prompts)} for t in tasks]}
     with Trainer(loop, objective=policy_gradient_objective(cfg, clip_eps=None),
                  optimizer=optimizer, params=jax.tree.map(lambda x: x.copy(), params),
                  model_cfg=cfg, mesh=mesh, meta=meta, programs=programs) as t:

@@ -11,6 +11,8 @@ from jaxalign.main import run_config
 def test_smoke_rest_improves_the_proxy_reward(ref, ref_cache, tmp_path):
     c = rest_gym.get_config("smoke")
     c.workdir, c.cache_dir = str(tmp_path), ref_cache
+    c.online.steps = c.online.checkpoint_every = 2  # the row only: RLOO learning is
+    # tests/gym/test_online.py's
     report = run_config(c)
     for name in ("rest.md", "rest.json", "rest.png"):
         assert os.path.getsize(tmp_path / name) > 300, name
