@@ -39,14 +39,15 @@ import numpy as np
 
 from jaxalign import io
 from jaxalign.algorithms.cgpo_rules import CGPOTask, Rollout, check_tasks, coefficients
-from jaxalign.algorithms.online import check_score_columns, rollout_records, step_prompts
+from jaxalign.algorithms.online import (check_score_columns, end_step, rollout_records,
+                                        step_prompts)
 from jaxalign.models import completion_logprobs
 from jaxalign.objectives import policy_gradient_objective
 from jaxalign.reward.judges import JudgeError, check_verdicts
 from jaxalign.sampling import Sampler
 from jaxalign.sharding import batch_sharding, data_parallel_size, make_mesh
 from jaxalign.train.optim import make_optimizer
-from jaxalign.train.trainer import LoopConfig, Preempted, Trainer
+from jaxalign.train.trainer import LoopConfig, Trainer
 
 __all__ = ["CGPOSettings", "CGPOTask", "run_cgpo"]
 
@@ -250,14 +251,8 @@ def run_cgpo(s: CGPOSettings, tasks: Sequence[CGPOTask], *, policy: tuple, token
                 m["grad_norm"] = train["grad_norm"]
             t.writer.write(step, m, prefix="rollout")
             history.append({"step": step, **m})
-            if on_step is not None:
-                on_step(step)
-            stop = t.preempted(step)
-            if step % s.checkpoint_every == 0 or step == s.steps or stop:
-                t.save({"cgpo_step": step})
-            if stop:
-                t.ckpt.wait()
-                raise Preempted(step, workdir)
+            end_step(t, step, last=s.steps, checkpoint_every=s.checkpoint_every,
+                     on_step=on_step, workdir=workdir)
         return {"params": t.params, "history": history}
 
 

@@ -240,12 +240,20 @@ def run_online(s: OnlineSettings, *, policy: tuple, tokenizer, prompts: Sequence
                 m["ratio"] = train["ratio"]
             t.writer.write(step * s.passes, m, prefix="rollout")
             history.append({"step": step, **m})
-            if on_step is not None:
-                on_step(step)
-            stop = t.preempted(step)
-            if step % s.checkpoint_every == 0 or step == s.steps or stop:
-                t.save({"online_step": step})
-            if stop:
-                t.ckpt.wait()
-                raise Preempted(step, workdir)
+            end_step(t, step, last=s.steps, checkpoint_every=s.checkpoint_every,
+                     on_step=on_step, workdir=workdir)
         return {"params": t.params, "history": history}
+
+
+def end_step(t: Trainer, step: int, *, last: int, checkpoint_every: int, on_step, workdir: str
+             ) -> None:
+    """After an online step's update: `on_step`, then a checkpoint every `checkpoint_every`
+    steps, at the last step and on preemption (then `Preempted` once it is on disk)."""
+    if on_step is not None:
+        on_step(step)
+    stop = t.preempted(step)
+    if step % checkpoint_every == 0 or step == last or stop:
+        t.save({"online_step": step})
+    if stop:
+        t.ckpt.wait()
+        raise Preempted(step, workdir)
