@@ -3,11 +3,13 @@ chat, instruction following, math/code, engagement, harmful intent), three rewar
 (helpfulness, engagement, safety) and the mixture of judges, 600 steps at global batch 1024.
 
 Validate shapes and memory without running (any machine, nothing allocated, reads no prompt
-file, about a minute on 2 CPU cores):
+file, about 15 s on 2 CPU cores):
     python -m jaxalign --config experiments/cgpo_llama3_70b.py --dry_run
     python -m jaxalign --config experiments/cgpo_llama3_70b.py:crraft --dry_run
-Run (one process: the CGPO runner is `one_process` for now; checkpoints, tokenizers and
-prompt files on local disk or a mounted bucket; every path below is a placeholder to fill):
+Run: the slices that fit are multi-host, and the CGPO runner runs on one process only for now
+(`one_process` in jaxalign/main.py: per-process rollouts are future work), so this config
+validates and sizes the run; the command, once that lands (checkpoints, tokenizers and prompt
+files on local disk or a mounted bucket; every path below is a placeholder to fill):
     python -m jaxalign --config experiments/cgpo_llama3_70b.py \
         --config.model.hf_path=/ckpt/llama3-70b-dpo --config.tokenizer=/ckpt/llama3-70b-dpo \
         --config.reward_models.helpfulness.hf_path=/ckpt/rm-helpfulness \
@@ -61,12 +63,27 @@ per update, 1024 = 256 (chat 64 x 4) + 256 (IF 32 x 8) + 128 (math 16 x 8) + 128
 prompt (its fallback a*), so the default mix's train step has 1088 rows (64 more), padded to
 the data-parallel size.
 
-Dry run (`--dry_run`, default arg; GiB per device, fsdp over all chips):
-  policy (trained) 70,553,706,496 parameters; reference 70,553,706,496; reward models
-  helpfulness, engagement, safety 70,553,714,688 each (backbone + score head); LLM judges
-  false_refusal_8b 8,030,261,248, factuality_70b 70,553,706,496, llamaguard2_8b
-  8,030,261,248.
-DRY_RUN_TABLE
+Dry run (`--dry_run`, default arg): resident models (parameters) policy (trained) and
+reference 70,553,706,496 each; reward models helpfulness, engagement, safety 69,503,041,536
+each (the backbone without LM head, plus the score head); LLM judges false_refusal_8b and
+llamaguard2_8b 8,030,261,248 each, factuality_70b 70,553,706,496. GiB per device, fsdp over
+all chips, 95 GiB HBM per chip ("fits": under 90% of it); "other" = the 3 reward models and
+3 LLM judges (the printed table lists each); the train step's 1088 rows padded to the chips
+x 4 micro-batches (`cgpo.micro_batches`, gradient accumulation):
+  slice (chips)    phase     params  ref  optim  grads  activations  KV cache  other  total  fits
+  v5p-128 (64)     training    4.11  4.11  8.21  4.11        29.90      0.00   8.59  59.03  yes
+                   sampling    4.11  4.11  8.21  0.00         0.00      5.00   8.59  30.01  yes
+  v5p-256 (128)    training    2.05  2.05  4.11  2.05        17.94      0.00   4.29  32.50  yes
+                   sampling    2.05  2.05  4.11  0.00         0.00      5.00   4.29  17.51  yes
+  v5p-512 (256)    training    1.03  1.03  2.05  1.03        11.96      0.00   2.15  19.24  yes
+                   sampling    1.03  1.03  2.05  0.00         0.00      5.00   2.15  11.25  yes
+  v5p-1024 (512)   training    0.51  0.51  1.03  0.51         5.98      0.00   1.07   9.62  yes
+                   sampling    0.51  0.51  1.03  0.00         0.00      5.00   1.07   8.12  yes
+The Trainer (optimizer state too) lives while the loop samples, so sampling counts it. The
+KV cache stays 5 GiB from 64 chips up: the sampler puts at least one prompt row (x K = 8) on
+each chip. With one micro-batch v5p-128 would need 101.67 GiB of activations (130.79 in all:
+does not fit). Not counted: the reward models' and judges' forward
+activations and the log-prob forward of a step's rows (transient, smaller than the step's).
 Runtime and numbers of the full run: not measured.
 """
 
@@ -130,11 +147,12 @@ def get_config(arg: str = ""):
                                             max_prompt_length=1024, chat=True, on_error="skip"))
     c.cgpo = ml_collections.ConfigDict(dict(
         steps=600, max_new_tokens=1024, temperature=1.0, top_p=1.0, checkpoint_every=50,
-        sample_batch=64))
+        sample_batch=64, micro_batches=4))
     c.optim = ml_collections.ConfigDict(dict(optimizer="adamw", lr=5e-7, warmup_steps=20,
                                              decay="constant", grad_clip=1.0))
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, model=1))
-    # TPU slices the dry run sizes (jaxalign.models.slices: v5p-256 is 128 chips of 95 GiB,
-    # v5p-512 256, v5p-1024 512; fsdp over all chips)
-    c.dry_run_meshes = {"v5p-256": "v5p-256", "v5p-512": "v5p-512", "v5p-1024": "v5p-1024"}
+    # TPU slices the dry run sizes (jaxalign.models.slices: v5p-128 is 64 chips of 95 GiB,
+    # v5p-256 128, v5p-512 256, v5p-1024 512; fsdp over all chips)
+    c.dry_run_meshes = {"v5p-128": "v5p-128", "v5p-256": "v5p-256", "v5p-512": "v5p-512",
+                        "v5p-1024": "v5p-1024"}
     return c

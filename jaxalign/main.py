@@ -42,6 +42,8 @@ class Runner(NamedTuple):
 GYM = ("the gym runners train several small models on this machine; run the config's :smoke "
        "argument for a check in about a minute")
 GYM_ONE = "the gym's experiments are sized for one machine"
+ONLINE_ONE = ("the online loops (RLOO, CGPO) sample and score the whole batch in every process "
+              "and hand it to the trainer whole; per-process rollouts are not written yet")
 
 
 # config.algorithm -> its runner. A new algorithm is one line here.
@@ -52,7 +54,8 @@ RUNNERS = {
     "rest": Runner(run_rest.run, run_rest.dry_run),  # ReST from files: policy, RM, SFT data
     "sppo": Runner(run_sppo.run, run_sppo.dry_run),  # SPPO from files: policy, RM, prompt splits
     "rloo": Runner(run_online.run, no_dry_run=(  # online RL (RLOO) from files: policy, RM, prompts
-        "the RLOO runner has no abstract build yet; its :smoke config runs in about 30 s")),
+        "the RLOO runner has no abstract build yet; its :smoke config runs in about 30 s"),
+        one_process=ONLINE_ONE),
     # CGPO from files: policy, reward models, judge models, one prompt file per task
     "cgpo": Runner(run_cgpo.run, run_cgpo.dry_run, one_process=(
         "the CGPO loop hands the trainer the whole batch on every process; per-process "

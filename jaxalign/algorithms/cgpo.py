@@ -19,8 +19,8 @@ or one sample of the reference at the task's seed), scored and judged once and k
 4. the task's rule (`cgpo_rules.RULES`) gives each row a coefficient c_i = -d loss_l / d log pi_i;
 5. one update on the rows of all tasks, row i of task l weighted by rho_l / sum(rho): the
    gradient is sum_l rho_l grad loss_l with rho normalised to sum 1.
-Rows are padded to the sampler's `max_len` and their count to the data-parallel size, so the
-train step compiles once. Resume as `online.run_online`: a checkpoint every `checkpoint_every`
+Rows are padded to the sampler's `max_len` and their count to the data-parallel size (times
+`micro_batches`, the update's gradient accumulation), so the train step compiles once. Resume as `online.run_online`: a checkpoint every `checkpoint_every`
 steps is all a restart needs (SIGKILL, then the same parameters bit for bit). Per-step metrics
 under `rollout/`: per task `<task>/reward`, `calibrated_reward`, `violation` (any judge) and
 `violation/<judge>`, `kl`, `kept`, `skipped` (eq. 14 and 17's skipped prompts), `loss`, the
@@ -44,7 +44,7 @@ from jaxalign.algorithms.online import (check_score_columns, end_step, rollout_r
 from jaxalign.models import completion_logprobs
 from jaxalign.objectives import policy_gradient_objective
 from jaxalign.reward.judges import JudgeError, check_verdicts
-from jaxalign.sampling import Sampler
+from jaxalign.sampling import Sampler, completion_text
 from jaxalign.sharding import batch_sharding, data_parallel_size, make_mesh
 from jaxalign.train.optim import make_optimizer
 from jaxalign.train.trainer import LoopConfig, Trainer
@@ -60,9 +60,11 @@ class CGPOSettings:
     top_p: float = 1.0
     checkpoint_every: int = 10
     sample_batch: int = 64  # prompts per sampler batch
+    micro_batches: int = 1  # the update's rows in this many accumulated micro-batches
 
     def __post_init__(self):
-        for name in ("steps", "max_new_tokens", "checkpoint_every", "sample_batch"):
+        for name in ("steps", "max_new_tokens", "checkpoint_every", "sample_batch",
+                     "micro_batches"):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"cgpo.{name} must be an integer >= 1, got {v!r}")
@@ -107,7 +109,7 @@ def _baselines(task: CGPOTask, index: int, sampler: Sampler, s: CGPOSettings, se
         toks = [list(r["baseline_tokens"]) for r in rows]
         records = [{"id": r["id"], "prompt_tokens": list(r["prompt_tokens"]), "tokens": t,
                     "sample": 0, "prompt": r.get("prompt"),
-                    "completion": (sampler.tokenizer.decode(t, skip_special_tokens=True)
+                    "completion": (completion_text(sampler.tokenizer, r["prompt_tokens"], t)
                                    if sampler.tokenizer is not None else None),
                     "metadata": {**(r.get("metadata") or {}), "stop_reason": "stop"}}
                    for r, t in zip(rows, toks)]
@@ -164,13 +166,14 @@ def run_cgpo(s: CGPOSettings, tasks: Sequence[CGPOTask], *, policy: tuple, token
     rho = rho / rho.sum()
     needs_base = [t.optimizer == "crraft" for t in tasks]
     real = sum(t.prompts_per_step * (t.samples + b) for t, b in zip(tasks, needs_base))
-    dp = data_parallel_size(mesh)
-    n_rows = -(-real // dp) * dp  # padded to the data-parallel size
+    split = data_parallel_size(mesh) * s.micro_batches
+    n_rows = -(-real // split) * split  # padded to the data-parallel size x micro-batches
     optimizer, _ = make_optimizer(**{**optim, "total_steps": s.steps, "warmup_steps": min(
         optim.get("warmup_steps", 0), s.steps - 1)})
     ref = params if ref_params is None else ref_params
     loop = LoopConfig(workdir=workdir, total_steps=s.steps, seed=seed, log_every=1,
-                      checkpoint_every=s.steps + 1, keep_checkpoints=2, progress_bar=False)
+                      checkpoint_every=s.steps + 1, keep_checkpoints=2, progress_bar=False,
+                      micro_batches=s.micro_batches)
     sampler = Sampler(cfg, ref, tokenizer, mesh=mesh, max_len=max_len,
                       batch_size=s.sample_batch)
     baselines = [_baselines(t, i, sampler, s, seed, workdir) for i, t in enumerate(tasks)]

@@ -19,7 +19,8 @@ Config sections (experiments/cgpo_toy.py has a complete one):
 
 A prompt row's id is "<task>:<row id>", and everything in the file row besides prompt, messages
 and id is its `metadata` for the judges (the answer, the unit tests, the instruction ids). The
-toy rule: the toy prompts are dealt round-robin over the toy=True tasks in config order, and
+toy rule: the toy prompts are dealt round-robin over the toy=True tasks in name order (the
+order of config.tasks, a ConfigDict, which sorts its keys; the loop's too), and
 each carries `baseline` (its preferred toy completion, a_bar with baseline="data"), `answer`
 (that completion's last word) and `instructions` (include that word). With baseline="data" a
 file row's `baseline` text is a_bar (`read_task_prompts`). Writes `<workdir>/cgpo.json`
@@ -120,6 +121,9 @@ def task_specs(config, need_prompts: bool = True) -> list[TaskSpec]:
     unused = sorted(set(rewards) - used_rewards)
     if unused:
         raise ValueError(f"config.reward_models.{unused[0]}: no task names it as its reward")
+    unused = sorted(set(judge_models) - set(resident_judge_models(specs)))
+    if unused:
+        raise ValueError(f"config.judge_models.{unused[0]}: no judge reads it")
     return specs
 
 
@@ -202,6 +206,12 @@ def make_judge(task: str, name: str, kind: str, kwargs: dict, llm):
         raise ValueError(f"config.tasks.{task}.judges.{name} ({kind}): {e}") from None
 
 
+def _check_vocab(where: str, tokenizer, cfg) -> None:
+    if len(tokenizer) > cfg.vocab_size:
+        raise ValueError(f"{where}: the tokenizer has {len(tokenizer)} tokens but the model's "
+                         f"vocab_size is {cfg.vocab_size}")
+
+
 def run(config) -> dict:
     """CGPO for `config.cgpo.steps` steps (resuming from the workdir's checkpoint); returns
     run_cgpo's result and writes `<workdir>/cgpo.json`."""
@@ -214,19 +224,23 @@ def run(config) -> dict:
     toys = toy_paths(config, specs)
     prompts = {sp.name: read_task_prompts(sp, toys.get(sp.name) or sp.prompts, tokenizer,
                                           config.data) for sp in specs}
+    # a random init (a preset, no hf_path) gets its own seed: no two models start alike
     scores = {}
-    for name in dict.fromkeys(sp.reward for sp in specs):
+    for i, name in enumerate(dict.fromkeys(sp.reward for sp in specs)):
         rc = config.reward_models[name]
         tok = load_tokenizer(rc.get("tokenizer") or config.tokenizer)
-        rcfg, rparams = load_reward(rc, config.seed, mesh, tok.pad_token_id)
+        rcfg, rparams = load_reward(rc, config.seed + 10 * (i + 1), mesh, tok.pad_token_id)
+        _check_vocab(f"config.reward_models.{name}", tok, rcfg)
         scores[name] = score_step(RewardScorer(
             rcfg, rparams, tok, mesh=mesh, batch_size=rc.batch_size, max_length=rc.max_length,
             max_prompt_length=rc.max_prompt_length))
     llms = {}
-    for name in resident_judge_models(specs):
+    for i, name in enumerate(resident_judge_models(specs)):
         mc = config.judge_models[name]
-        llms[name] = (*load_model(mc, config.seed, mesh),
-                      load_tokenizer(mc.get("tokenizer") or config.tokenizer), mesh)
+        jcfg, jparams = load_model(mc, config.seed + 1000 + i, mesh)
+        tok = load_tokenizer(mc.get("tokenizer") or config.tokenizer)
+        _check_vocab(f"config.judge_models.{name}", tok, jcfg)
+        llms[name] = (jcfg, jparams, tok, mesh)
     tasks = [CGPOTask(sp.name, prompts[sp.name], score=scores[sp.reward],
                       judges=[make_judge(sp.name, j, kind, kw, llms.get(m))
                               for j, (kind, m, kw) in sp.judges.items()], **sp.settings)
@@ -325,9 +339,10 @@ def model_bytes(kind: str, cfg, mesh) -> int:
 def memory_estimate(config, specs, cfg, optimizer, mesh, resident=None) -> CGPOMemory:
     """CGPOMemory of the config on `mesh` (the batch padded to its data-parallel size)."""
     s, d = CGPOSettings(**config.cgpo.to_dict()), config.data
-    dp = mesh.shape["data"] * mesh.shape["fsdp"]
-    rows = -(-step_rows(specs) // dp) * dp
-    train = estimate_training_memory(cfg, optimizer, mesh=mesh, micro_batch=rows,
+    split = mesh.shape["data"] * mesh.shape["fsdp"] * s.micro_batches
+    rows = -(-step_rows(specs) // split) * split
+    train = estimate_training_memory(cfg, optimizer, mesh=mesh,
+                                     micro_batch=rows // s.micro_batches,
                                      seq_len=d.max_length, pairs=False,
                                      reference_on_the_fly=False)
     kv = 0

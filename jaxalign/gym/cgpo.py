@@ -1,21 +1,22 @@
-"""CGPO on the gym: reward hacking of a shared proxy reward model, caught by judges (the analogue
-of the CGPO paper's PPO-vs-CRPG contrast, Xu et al. 2024, Table 2).
+"""CGPO on the gym: reward hacking of proxy reward models, caught by judges (the analogue of the
+CGPO paper's PPO-vs-CGPO contrast, Xu et al. 2024, Table 2).
 
     python -m jaxalign --config experiments/cgpo_gym.py:smoke --workdir /tmp/cgpo_gym
 
-Setup: the gym's reference policy starts; one proxy reward model (`gym.proxy`: a reward model
-fit to few Bradley-Terry labels of the sentiment task, like a general helpfulness RM) scores
-both tasks:
-  chat  text prompts; judges: no token thrice in a row, 1..max_tokens words, ends on EOS;
-        true reward: sentiment.
-  math  arithmetic prompts ("add a b ="); judges: the answer (a + b) mod 10 first, and exactly
-        one digit (a correct but badly formatted answer is a violation, as in the paper);
-        true reward: arithmetic accuracy. The proxy knows nothing of arithmetic: optimising it
-        on these prompts is the hack the judges must stop.
+Setup: the gym's reference policy starts; each task's reward is a proxy reward model
+(`gym.proxy`: fit to few Bradley-Terry labels of the task's true reward), so optimising it hard
+finds what the proxy overrates. Task kinds (`TASKS`; `config.tasks` picks them):
+  chat  text prompts, sentiment proxy; judges: no token thrice in a row, 1..max_tokens words,
+        ends on EOS (the hacks of this proxy: repetition, rambling, no end).
+  help  text prompts (disjoint from chat's), helpfulness proxy; the same judges.
+  math  arithmetic prompts ("add a b ="), arithmetic proxy; judges: the answer (a + b) mod 10
+        first, and exactly one digit (a correct but badly formatted answer is a violation, as
+        in the paper). (The reference answers at chance, ~10%: a hard start for every method.)
 Each method (`methods`: RLOO, the unconstrained baseline that stands in for the paper's PPO,
 with the judges measured but not applied; CRPG, CRRAFT, CODPO) trains from the reference for
 the same steps, prompts and samples (`jaxalign.algorithms.cgpo.run_cgpo`), then is evaluated on
-fresh test prompts of each task: proxy reward, true reward, violation rate (any judge).
+fresh test prompts of each task: proxy reward, true reward, violation rate (any judge) and the
+true reward of valid responses (a violating response counts 0: what a user could use).
 Writes cgpo.md (the table), cgpo.json and cgpo.png (proxy reward, true reward and violation
 rate of each task's training rollouts against the step) under the workdir.
 """
@@ -41,6 +42,9 @@ from jaxalign.sharding import make_mesh
 
 LABELS = {"rloo": "OnlineRL (RLOO, unconstrained)", "crpg": "CGPO: CRPG",
           "crraft": "CGPO: CRRAFT", "codpo": "CGPO: CODPO"}
+
+
+COLUMNS = ("reward", "true_reward", "valid_true_reward", "violation")
 
 
 def chat_judges(max_tokens: int):
@@ -88,6 +92,7 @@ def evaluate(sampler, task: CGPOTask, params, rows, samples: int, max_new: int, 
     passed = judge_records(task, records).all(axis=1)
     return {"reward": float(np.mean(cols["reward"])),
             "true_reward": float(np.mean(cols["true_reward"])),
+            "valid_true_reward": float(np.mean(np.where(passed, cols["true_reward"], 0.0))),
             "violation": float(1 - passed.mean())}
 
 
@@ -158,7 +163,7 @@ def summarise(results: dict, config) -> dict:
     for method in ("reference", *config.methods):
         entry = {"method": "reference (start)" if method == "reference" else LABELS[method]}
         for name in config.tasks:
-            for k in ("reward", "true_reward", "violation"):
+            for k in COLUMNS:
                 v = np.array([results[f"{s}/{method}"]["test"][name][k] for s in config.seeds])
                 entry[f"{name}/{k}"] = float(v.mean())
                 entry[f"{name}/{k}_sd"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
@@ -172,11 +177,12 @@ def summarise(results: dict, config) -> dict:
 
 def write_report(config, report: dict) -> None:
     names = list(config.tasks)
-    head = " | ".join(f"{n} proxy | {n} true | {n} violation" for n in names)
-    lines = [f"| method | {head} |", "|---|" + "---|" * 3 * len(names)]
+    head = " | ".join(f"{n} {c}" for n in names for c in ("proxy", "true", "valid true",
+                                                            "violation"))
+    lines = [f"| method | {head} |", "|---|" + "---|" * len(COLUMNS) * len(names)]
     for e in report["table"]:
         cells = " | ".join(f"{e[f'{n}/{k}']:.3f} +- {e[f'{n}/{k}_sd']:.3f}"
-                           for n in names for k in ("reward", "true_reward", "violation"))
+                           for n in names for k in COLUMNS)
         lines.append(f"| {e['method']} | {cells} |")
     table = "\n".join(lines) + "\n"
     with open(os.path.join(config.workdir, "cgpo.md"), "w") as fh:

@@ -44,6 +44,9 @@ def test_cgpo_runner_from_files_through_the_entry_point(tmp_path):
             for k in keys:
                 assert f"rollout/{task}/{k}" in r, (task, k)
             assert 0.0 <= r[f"rollout/{task}/violation"] <= 1.0
+    # step 1 samples from the reference itself; step 2 from the updated policy
+    assert all(rollout[0][f"rollout/{t}/kl"] == 0.0 for t in per_task)
+    assert any(rollout[1][f"rollout/{t}/kl"] != 0.0 for t in per_task)
     # the toy rule: the toy prompts dealt round-robin, disjoint, metadata carried
     chat = [json.loads(x) for x in open(tmp_path / "data" / "prompts_chat.jsonl")]
     words = [json.loads(x) for x in open(tmp_path / "data" / "prompts_words.jsonl")]
@@ -81,6 +84,10 @@ def _unused_reward(c):
     c.tasks.words.reward = "helpful"
 
 
+def _unused_judge_model(c):
+    c.judge_models.spare = dict(c.judge_models.tiny_judge)
+
+
 def _prompts_and_toy(c):
     c.tasks.chat.prompts = "/data/chat.jsonl"
 
@@ -95,16 +102,23 @@ def _prompts_and_toy(c):
     (_rule_with_model, r"config\.tasks\.words\.judges\.final_word\.model: a regex judge "
                        r"reads no model"),
     (_unused_reward, r"config\.reward_models\.engaging: no task names it"),
+    (_unused_judge_model, r"config\.judge_models\.spare: no judge reads it"),
     (_prompts_and_toy, r"config\.tasks\.chat: give prompts .* not both"),
 ], ids=["unknown_judge_kind", "reward_names_no_model", "unknown_task_key",
         "unknown_judge_model", "rule_judge_with_model", "unused_reward_model",
-        "prompts_and_toy"])
+        "unused_judge_model", "prompts_and_toy"])
 def test_bad_config_is_an_error_naming_task_and_key(tmp_path, change, message):
     c = _toy_with(change)
     c.workdir = str(tmp_path)
     with pytest.raises(ValueError, match=message):
         run_config(c)
     assert not (tmp_path / "data").exists()  # checked before anything is written or loaded
+
+
+def test_a_bad_judge_argument_names_task_and_judge():
+    with pytest.raises(ValueError, match=r"config\.tasks\.words\.judges\.final_word "
+                                         r"\(regex\): .*'patern'"):
+        run_cgpo.make_judge("words", "final_word", "regex", {"patern": "x"}, None)
 
 
 def test_task_prompts_carry_metadata_and_the_baseline(tmp_path):
@@ -158,7 +172,7 @@ def test_paper_config_dry_run_counts_every_resident_model(capsys):
     assert [resident[f"judge:{k}"][1] for k in ("false_refusal_8b", "factuality_70b",
                                                  "llamaguard2_8b")] == [n8, n70, n8]
     assert report["rows"] == 1088 and {"loss", "grad_norm"} <= set(report["metrics"])
-    assert set(report["estimates"]) == {"v5p-256", "v5p-512", "v5p-1024"}
+    assert set(report["estimates"]) == {"v5p-128", "v5p-256", "v5p-512", "v5p-1024"}
     for mesh, est in report["estimates"].items():
         training, sampling = report["phases"][mesh]
         assert len(est.models) == 6 and all(b > 0 for b in est.models.values())
@@ -179,6 +193,6 @@ def test_paper_config_dry_run_counts_every_resident_model(capsys):
     # plus a bool slot mask
     assert est.kv_cache == 8 * (2 * 80 * 8 * 128 * 2047 * 2 + 2047)
     out = capsys.readouterr().out
-    assert out.count("  training ") == out.count("  sampling ") == 3
+    assert out.count("  training ") == out.count("  sampling ") == 4
     for label in resident:
         assert out.count(f"  {label} ") >= (2 if label != "policy" else 1), label
