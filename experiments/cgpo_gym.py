@@ -1,15 +1,17 @@
 r"""CGPO on the gym (Xu et al. 2024, Table 2's PPO-vs-CGPO contrast): RLOO (unconstrained, the
-paper's PPO) against CRPG, CRRAFT and CODPO, on two tasks sharing one hackable proxy reward.
+paper's PPO) against CRPG, CRRAFT and CODPO, on two tasks whose rewards are hackable proxies.
 
     python -m jaxalign --config experiments/cgpo_gym.py --workdir results/cgpo_gym
     python -m jaxalign --config experiments/cgpo_gym.py:smoke --workdir /tmp/cgpo_gym
 
-Tasks (`jaxalign.gym.cgpo`): chat (text prompts; judges: no repetition, length, ends on EOS;
-true reward sentiment) and math (arithmetic prompts; judges: correct answer, one-digit format;
-true reward accuracy); the proxy is a reward model fit to few sentiment labels, blind to
-arithmetic. KL_max, K, lambda, rho and the learning rate are ours (the paper gives none).
-Writes cgpo.md, cgpo.json and cgpo.png under the workdir. Full: 3 seeds, 4 methods;
-`smoke`: one seed, RLOO and CRPG, fewer steps.
+Tasks (`jaxalign.gym.cgpo`): chat (sentiment proxy) and help (helpfulness proxy), disjoint text
+prompts, judged by no repetition, 1..16 words and ending on EOS; a `math` kind (arithmetic
+prompts, answer and format judges) is available for `tasks`. KL_max, K, lambda, rho and the
+learning rate are ours (the paper gives none). Writes cgpo.md, cgpo.json and cgpo.png under
+the workdir. Full (3 seeds, 4 methods, 60 steps; ~33 min on 2 CPU cores): RLOO's violation
+rate rises from 0.17 to ~0.35 while CRPG/CRRAFT/CODPO stay under 0.07; counting violating
+responses as 0, CRRAFT has the best true reward on both tasks (docs/cgpo_gym/). `smoke` (one
+seed, RLOO and CRPG, 16 steps; ~3.5 min): RLOO's violations ~0.47, CRPG's ~0.03.
 """
 
 import ml_collections
