@@ -6,10 +6,9 @@ Validate shapes and memory without running (any machine, nothing allocated, read
 file, about 15 s on 2 CPU cores):
     python -m jaxalign --config experiments/cgpo_llama3_70b.py --dry_run
     python -m jaxalign --config experiments/cgpo_llama3_70b.py:crraft --dry_run
-Run: the slices that fit are multi-host, and the CGPO runner runs on one process only for now
-(`one_process` in jaxalign/main.py: per-process rollouts are future work), so this config
-validates and sizes the run; the command, once that lands (checkpoints, tokenizers and prompt
-files on local disk or a mounted bucket; every path below is a placeholder to fill):
+Run, on every host of the slice (tpu_setup/launch.sh does it; each process samples, scores and
+judges its share of every task's prompts; checkpoints, tokenizers and prompt files on a bucket
+or a shared filesystem; every path below is a placeholder to fill):
     python -m jaxalign --config experiments/cgpo_llama3_70b.py \
         --config.model.hf_path=/ckpt/llama3-70b-dpo --config.tokenizer=/ckpt/llama3-70b-dpo \
         --config.reward_models.helpfulness.hf_path=/ckpt/rm-helpfulness \

@@ -21,6 +21,7 @@ with a checkpoint (`preempted`, JAX's preemption sync point: no collective per s
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 
@@ -146,3 +147,57 @@ def gather_rows(x):
         return np.asarray(jax.device_get(x))
     from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def process_slice(n: int, what: str) -> slice:
+    """This process's contiguous share of `n` items (a batch's prompts: every process's share
+    in process order is the whole, in order); all of them alone. `n` must split evenly (`what`
+    names it in the error)."""
+    count, me = jax.process_count(), jax.process_index()
+    if n % count:
+        raise ValueError(f"{what} = {n} does not split over {count} processes: use a multiple "
+                         f"of {count}")
+    return slice(me * n // count, (me + 1) * n // count)
+
+
+def local_rows(x) -> np.ndarray:
+    """This process's rows of a row-sharded global array, in order (all of them alone): what
+    `put_rows` was given, for a computed output of the same row layout."""
+    if x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    shards = {s.index[0].start or 0: s.data for s in x.addressable_shards}
+    return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)])
+
+
+def gather(x) -> np.ndarray:
+    """Every process's rows of a host array, concatenated in process order (the shapes past the
+    first axis must match; the row counts must too). Alone: `x` itself."""
+    x = np.asarray(x)
+    if jax.process_count() == 1:
+        return x
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def agree_max(values) -> np.ndarray:
+    """The elementwise max of an int vector over processes (every process passes the same
+    length): the shapes every process must use in a collective call. Alone: `values`."""
+    v = np.asarray(values, np.int64)
+    if jax.process_count() == 1:
+        return v
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(v)).max(axis=0)
+
+
+def gather_objects(obj) -> list:
+    """Every process's `obj` (JSON-serialisable), in process order; alone, [obj]."""
+    if jax.process_count() == 1:
+        return [obj]
+    from jax.experimental import multihost_utils
+    data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+    sizes = gather(np.array([data.size], np.int64))
+    buf = np.zeros(int(sizes.max()), np.uint8)
+    buf[:data.size] = data
+    rows = np.asarray(multihost_utils.process_allgather(buf))
+    return [json.loads(rows[i, :sizes[i]].tobytes()) for i in range(len(sizes))]
+

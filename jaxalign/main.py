@@ -42,8 +42,6 @@ class Runner(NamedTuple):
 GYM = ("the gym runners train several small models on this machine; run the config's :smoke "
        "argument for a check in about a minute")
 GYM_ONE = "the gym's experiments are sized for one machine"
-ONLINE_ONE = ("the online loops (RLOO, CGPO) sample and score the whole batch in every process "
-              "and hand it to the trainer whole; per-process rollouts are not written yet")
 
 
 # config.algorithm -> its runner. A new algorithm is one line here.
@@ -54,12 +52,9 @@ RUNNERS = {
     "rest": Runner(run_rest.run, run_rest.dry_run),  # ReST from files: policy, RM, SFT data
     "sppo": Runner(run_sppo.run, run_sppo.dry_run),  # SPPO from files: policy, RM, prompt splits
     "rloo": Runner(run_online.run, no_dry_run=(  # online RL (RLOO) from files: policy, RM, prompts
-        "the RLOO runner has no abstract build yet; its :smoke config runs in about 30 s"),
-        one_process=ONLINE_ONE),
+        "the RLOO runner has no abstract build yet; its :smoke config runs in about 30 s")),
     # CGPO from files: policy, reward models, judge models, one prompt file per task
-    "cgpo": Runner(run_cgpo.run, run_cgpo.dry_run, one_process=(
-        "the CGPO loop hands the trainer the whole batch on every process; per-process "
-        "rollouts are future work")),
+    "cgpo": Runner(run_cgpo.run, run_cgpo.dry_run),
     "reward_bt": Runner(run_reward.run, no_dry_run=(  # a Bradley-Terry scalar reward model
         "the reward-model runner has no abstract build yet; its :smoke config trains in "
         "seconds"), one_process="its held-out accuracy is computed on one host's batches"),

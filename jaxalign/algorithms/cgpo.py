@@ -20,7 +20,11 @@ or one sample of the reference at the task's seed), scored and judged once and k
 5. one update on the rows of all tasks, row i of task l weighted by rho_l / sum(rho): the
    gradient is sum_l rho_l grad loss_l with rho normalised to sum 1.
 Rows are padded to the sampler's `max_len` and their count to the data-parallel size (times
-`micro_batches`, the update's gradient accumulation), so the train step compiles once. Resume as `online.run_online`: a checkpoint every `checkpoint_every`
+`micro_batches`, the update's gradient accumulation), so the train step compiles once. Several
+processes: each samples, scores and judges its contiguous share of every task's prompts (and of
+a_bar's) and packs its share of the rows; the rules' coefficients are computed on the task's
+whole rollout (one gather of the per-row values), so the update and the metrics are the
+single-process run's. Resume as `online.run_online`: a checkpoint every `checkpoint_every`
 steps is all a restart needs (SIGKILL, then the same parameters bit for bit). Per-step metrics
 under `rollout/`: per task `<task>/reward`, `calibrated_reward`, `violation` (any judge) and
 `violation/<judge>`, `kl`, `kept`, `skipped` (eq. 14 and 17's skipped prompts), `loss`, the
@@ -37,7 +41,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from jaxalign import io
+from jaxalign import distributed, io
 from jaxalign.algorithms.cgpo_rules import CGPOTask, Rollout, check_tasks, coefficients
 from jaxalign.algorithms.online import (check_score_columns, end_step, rollout_records,
                                         step_prompts)
@@ -45,7 +49,7 @@ from jaxalign.models import completion_logprobs
 from jaxalign.objectives import policy_gradient_objective
 from jaxalign.reward.judges import JudgeError, check_verdicts
 from jaxalign.sampling import Sampler, completion_text
-from jaxalign.sharding import batch_sharding, data_parallel_size, make_mesh
+from jaxalign.sharding import data_parallel_size, make_mesh
 from jaxalign.train.optim import make_optimizer
 from jaxalign.train.trainer import LoopConfig, Trainer
 
@@ -104,7 +108,13 @@ def _baselines(task: CGPOTask, index: int, sampler: Sampler, s: CGPOSettings, se
         got = {str(r["id"]): r for r in io.read_jsonl(path)}
         if set(got) == {str(r["id"]) for r in task.prompts}:
             return got
-    rows = list(task.prompts)
+    # this process's share, topped up to the same count on every process (the sampler's batches
+    # are collective) with fillers: a real prompt under an id of its own, dropped below
+    count, me = jax.process_count(), jax.process_index()
+    per = -(-len(task.prompts) // count)
+    rows = list(task.prompts[me * per:(me + 1) * per])
+    real = len(rows)
+    rows += [{**task.prompts[0], "id": f"\0filler:{j}"} for j in range(per - real)]
     if task.baseline == "data":
         toks = [list(r["baseline_tokens"]) for r in rows]
         records = [{"id": r["id"], "prompt_tokens": list(r["prompt_tokens"]), "tokens": t,
@@ -121,9 +131,9 @@ def _baselines(task: CGPOTask, index: int, sampler: Sampler, s: CGPOSettings, se
         records = rollout_records(rows, out)
     reward = _score(task, records, rows, 1)["reward"]
     passed = judge_records(task, records).all(axis=1)
-    got = {str(r["id"]): {"id": r["id"], "tokens": rec["tokens"], "reward": float(x),
-                          "passed": bool(p)}
-           for r, rec, x, p in zip(rows, records, reward, passed)}
+    mine = [{"id": r["id"], "tokens": rec["tokens"], "reward": float(x), "passed": bool(p)}
+            for r, rec, x, p in list(zip(rows, records, reward, passed))[:real]]
+    got = {str(r["id"]): r for part in distributed.gather_objects(mine) for r in part}
     if jax.process_index() == 0:
         io.write_jsonl(path, got.values())
     return got
@@ -168,6 +178,11 @@ def run_cgpo(s: CGPOSettings, tasks: Sequence[CGPOTask], *, policy: tuple, token
     real = sum(t.prompts_per_step * (t.samples + b) for t, b in zip(tasks, needs_base))
     split = data_parallel_size(mesh) * s.micro_batches
     n_rows = -(-real // split) * split  # padded to the data-parallel size x micro-batches
+    # several processes: each its contiguous share of every task's prompts, and of the rows
+    shares = [distributed.process_slice(t.prompts_per_step, f"CGPO task {t.name!r}: "
+                                        "prompts_per_step") for t in tasks]
+    local_rows = len(range(n_rows)[distributed.process_slice(n_rows, "CGPO's padded rows")])
+    whole = distributed.gather  # every process's values, in process order
     optimizer, _ = make_optimizer(**{**optim, "total_steps": s.steps, "warmup_steps": min(
         optim.get("warmup_steps", 0), s.steps - 1)})
     ref = params if ref_params is None else ref_params
@@ -193,9 +208,9 @@ def run_cgpo(s: CGPOSettings, tasks: Sequence[CGPOTask], *, policy: tuple, token
             m: dict[str, float] = {"sample_seconds": 0.0, "score_seconds": 0.0,
                                    "judge_seconds": 0.0}
             parts, new_tokens = [], 0
-            for i, (task, base) in enumerate(zip(tasks, baselines)):
+            for i, (task, base, mine) in enumerate(zip(tasks, baselines, shares)):
                 a = time.perf_counter()
-                rows = step_prompts(task.prompts, step, task.prompts_per_step, (seed, i))
+                rows = step_prompts(task.prompts, step, task.prompts_per_step, (seed, i))[mine]
                 out = sampler(prompt_ids=[r["prompt_tokens"] for r in rows],
                               ids=[r["id"] for r in rows], n=task.samples,
                               max_new_tokens=s.max_new_tokens, temperature=s.temperature,
@@ -209,7 +224,7 @@ def run_cgpo(s: CGPOSettings, tasks: Sequence[CGPOTask], *, policy: tuple, token
                 m["sample_seconds"] += b - a
                 m["score_seconds"] += c - b
                 m["judge_seconds"] += d - c
-                new_tokens += int(out.lengths.sum())
+                new_tokens += int(distributed.gather(out.lengths.reshape(-1)).sum())
                 parts.append((task, rows, records, cols, verdicts, base))
             t1 = time.perf_counter()
             packed, spans = [], []
@@ -219,37 +234,41 @@ def run_cgpo(s: CGPOSettings, tasks: Sequence[CGPOTask], *, policy: tuple, token
                 if nb:  # a_bar's row after the samples (CRRAFT's fallback a*)
                     packed += [(r["prompt_tokens"], base[str(r["id"])]["tokens"]) for r in rows]
                 spans.append((start, len(packed)))
-            batch = _pack(packed, n_rows, max_len, sampler.pad_id)
-            placed = {k: jax.device_put(v, batch_sharding(mesh, v.ndim)) for k, v in batch.items()}
-            old, ref_lp = (np.asarray(jax.device_get(logps(p, placed)), np.float64)
+            batch = _pack(packed, local_rows, max_len, sampler.pad_id)
+            placed = distributed.put_rows(batch, mesh)
+            old, ref_lp = (distributed.local_rows(logps(p, placed)).astype(np.float64)
                            for p in (t.params, ref))
-            advantage = np.zeros(n_rows, np.float64)
-            for w, (task, rows, records, cols, verdicts, base), (lo, hi), nb in zip(
-                    rho, parts, spans, needs_base):
+            advantage = np.zeros(local_rows, np.float64)
+            for w, (task, rows, records, cols, verdicts, base), (lo, hi), nb, mine in zip(
+                    rho, parts, spans, needs_base, shares):
                 p, k = task.prompts_per_step, task.samples
-                shape = lambda x: x[lo:lo + p * k].reshape(p, k)  # noqa: E731
+                # the task's whole rollout (every process's share, in order): each rule's
+                # coefficients depend on the batch (its means), so all see all
                 roll = Rollout(
-                    rewards=cols["reward"].reshape(p, k),
-                    baseline_rewards=np.array([base[str(r["id"])]["reward"] for r in rows]),
-                    passes=verdicts.all(axis=1).reshape(p, k),
-                    baseline_passes=np.array([base[str(r["id"])]["passed"] for r in rows]),
-                    logps=shape(old), ref_logps=shape(ref_lp),
-                    baseline_logps=old[lo + p * k:hi] if nb else np.zeros(p),
-                    lengths=np.array([len(r["tokens"]) for r in records]).reshape(p, k))
+                    rewards=whole(cols["reward"]).reshape(p, k),
+                    baseline_rewards=whole([base[str(r["id"])]["reward"] for r in rows]),
+                    passes=whole(verdicts.all(axis=1)).reshape(p, k),
+                    baseline_passes=whole([base[str(r["id"])]["passed"] for r in rows]),
+                    logps=whole(old[lo:lo + len(records)]).reshape(p, k),
+                    ref_logps=whole(ref_lp[lo:lo + len(records)]).reshape(p, k),
+                    baseline_logps=whole(old[lo + len(records):hi]) if nb else np.zeros(p),
+                    lengths=whole([len(r["tokens"]) for r in records]).reshape(p, k))
                 c_pk, c_base, loss, rule_m = coefficients(roll, task)
-                advantage[lo:lo + p * k] = w * c_pk.reshape(-1)
+                advantage[lo:lo + len(records)] = w * c_pk[mine].reshape(-1)
                 if nb:
-                    advantage[lo + p * k:hi] = w * c_base
-                m.update(_task_metrics(task, roll, cols, verdicts, loss, rule_m))
-            total_w = float(batch["weight"].sum())  # the train step divides by it
-            batch.update(advantage=(advantage * total_w).astype(np.float32),
+                    advantage[lo + len(records):hi] = w * c_base[mine]
+                m.update(_task_metrics(task, roll, {c: whole(v) for c, v in cols.items()},
+                                       whole(verdicts), loss, rule_m))
+            # the train step divides by the batch's total weight: every real row of every process
+            batch.update(advantage=(advantage * real).astype(np.float32),
                          old_logps=old.astype(np.float32))
             t.step(batch)
             train = t.flush() or {}
             t2 = time.perf_counter()
             m.update(train_seconds=t2 - t1, step_seconds=t2 - t0,
                      sample_tokens_per_s=new_tokens / max(m["sample_seconds"], 1e-9),
-                     train_tokens_per_s=float(batch["mask"].sum()) / max(t2 - t1, 1e-9))
+                     train_tokens_per_s=float(whole(batch["mask"].sum(axis=1)).sum())
+                     / max(t2 - t1, 1e-9))
             if "grad_norm" in train:
                 m["grad_norm"] = train["grad_norm"]
             t.writer.write(step, m, prefix="rollout")

@@ -21,6 +21,13 @@ One step t:
 Rows are padded to the sampler's `max_len`, so every step has the same shapes: the train step
 and the log-prob pass compile once, the sampler once per prompt-length bucket.
 
+Several processes: each samples, scores and computes the advantages of its own contiguous share
+of every step's prompts (`prompts_per_step` a multiple of the process count; a prompt's K
+samples stay on one process, so RLOO's baseline is local), and the trainer assembles the global
+batch from every process's rows. The score step is called on each process's records (a
+`RewardScorer` is collective: every process calls it once per step). Metrics are over the whole
+batch (one gather of the per-row values); process 0 writes them.
+
 Resume: the batch of step t depends on (seed, t) only and the sampling keys on (seed + t, id),
 so a checkpoint (params, optimizer state, step: `jaxalign.train.Trainer`, every
 `checkpoint_every` steps) is all a restart needs: a run killed at any moment (SIGKILL) and
@@ -39,11 +46,11 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from jaxalign import losses
+from jaxalign import distributed, losses
 from jaxalign.models import completion_logprobs
 from jaxalign.objectives import policy_gradient_objective
 from jaxalign.sampling import Sampler
-from jaxalign.sharding import batch_sharding, check_batch_rows, make_mesh
+from jaxalign.sharding import check_batch_rows, make_mesh
 from jaxalign.train.optim import make_optimizer
 from jaxalign.train.trainer import LoopConfig, Preempted, Trainer
 
@@ -180,6 +187,7 @@ def run_online(s: OnlineSettings, *, policy: tuple, tokenizer, prompts: Sequence
     n_rows = s.prompts_per_step * s.samples
     check_batch_rows(n_rows, mesh, 1, f"online.prompts_per_step x online.samples "
                      f"({s.prompts_per_step} x {s.samples})")
+    mine = distributed.process_slice(s.prompts_per_step, "online.prompts_per_step")
     updates = s.steps * s.passes
     optimizer, _ = make_optimizer(**{**optim, "total_steps": updates,
                                      "warmup_steps": min(optim.get("warmup_steps", 0),
@@ -190,8 +198,6 @@ def run_online(s: OnlineSettings, *, policy: tuple, tokenizer, prompts: Sequence
                       checkpoint_every=updates + 1, keep_checkpoints=2, progress_bar=False)
     sampler = Sampler(cfg, params, tokenizer, mesh=mesh, max_len=max_len,
                       batch_size=s.sample_batch)
-    put = lambda b: {k: jax.device_put(v, batch_sharding(mesh, v.ndim))  # noqa: E731
-                     for k, v in b.items()}
     logps = jax.jit(lambda p, b: completion_logprobs(cfg, p, b["tokens"], b["mask"],
                                                      b["loss_mask"], lean=lean_logprobs).sum)
     history = []
@@ -205,37 +211,41 @@ def run_online(s: OnlineSettings, *, policy: tuple, tokenizer, prompts: Sequence
         for step in range(done // s.passes + 1, s.steps + 1):
             t0 = time.perf_counter()
             sampler.set_params(t.params)  # the trainer's arrays, where they are
-            rows = step_prompts(prompts, step, s.prompts_per_step, seed)
+            rows = step_prompts(prompts, step, s.prompts_per_step, seed)[mine]
             out = sampler(prompt_ids=[r["prompt_tokens"] for r in rows],
                           ids=[r["id"] for r in rows], n=s.samples,
                           max_new_tokens=s.max_new_tokens, temperature=s.temperature,
                           top_p=s.top_p, seed=(seed + step) % 2**31)
             t1 = time.perf_counter()
             records = rollout_records(rows, out)
-            cols = check_score_columns(score(records), n_rows, rows, s.samples)
+            cols = check_score_columns(score(records), len(records), rows, s.samples)
             t2 = time.perf_counter()
             batch = rollout_rows(rows, out, max_len, sampler.pad_id)
-            placed = put(batch)
-            old, ref_lp = (np.asarray(jax.device_get(logps(p, placed)), np.float64)
+            placed = distributed.put_rows(batch, mesh)
+            old, ref_lp = (distributed.local_rows(logps(p, placed)).astype(np.float64)
                            for p in (t.params, ref))
             kl = old - ref_lp  # log pi_old(y|x) - log pi_ref(y|x): the sequence KL estimate
             total = cols["reward"] - s.kl_coef * kl
-            adv = np.asarray(losses.rloo.rloo_advantages(
-                rewards_NxK=total.reshape(s.prompts_per_step, s.samples))).reshape(-1)
+            adv = np.asarray(losses.rloo.rloo_advantages(  # each prompt's K rows: this process's
+                rewards_NxK=total.reshape(len(rows), s.samples))).reshape(-1)
             batch.update(advantage=adv.astype(np.float32), old_logps=old.astype(np.float32),
-                         weight=np.ones(n_rows, np.float32))
+                         weight=np.ones(len(records), np.float32))
             for _ in range(s.passes):
                 t.step(batch)
             train = t.flush() or {}
             t3 = time.perf_counter()
-            new_tokens = int(out.lengths.sum())
+            # the metrics of the whole batch: every process's rows (one gather of [rows] each)
+            cols = {k: distributed.gather(v) for k, v in cols.items()}
+            kl, total, lengths, row_tokens = (distributed.gather(x) for x in (
+                kl, total, out.lengths.reshape(-1), batch["mask"].sum(axis=1)))
+            new_tokens = int(lengths.sum())
             m = {**{f"{k}": float(v.mean()) for k, v in cols.items()},
                  "kl": float(kl.mean()), "reward_with_kl": float(total.mean()),
-                 "length": float(out.lengths.mean()), "sample_seconds": t1 - t0,
+                 "length": float(lengths.mean()), "sample_seconds": t1 - t0,
                  "sample_tokens_per_s": new_tokens / max(t1 - t0, 1e-9),
                  "score_seconds": t2 - t1, "train_seconds": t3 - t2,
-                 "train_tokens_per_s": float(batch["mask"].sum()) * s.passes / max(t3 - t2,
-                                                                                   1e-9)}
+                 "train_tokens_per_s": float(row_tokens.sum()) * s.passes / max(t3 - t2,
+                                                                                1e-9)}
             if "ratio" in train:
                 m["ratio"] = train["ratio"]
             t.writer.write(step * s.passes, m, prefix="rollout")

@@ -403,6 +403,14 @@ def dry_run(config) -> dict:
         return est, est.phases()
 
     report.update(size_on_meshes(config.get("dry_run_meshes"), phases_on))
+    for name, sized in report["meshes"].items():  # each host samples its share of each task
+        hosts = sized.slice.hosts if sized.slice is not None else 1
+        bad = [f"{sp.name!r} ({sp.settings['prompts_per_step']})" for sp in specs
+               if sp.settings.get("prompts_per_step", 1) % hosts]
+        if bad:
+            e = f"prompts_per_step of task(s) {', '.join(bad)} does not split over {hosts} hosts"
+            report["batch_errors"].setdefault(name, e)
+            print(f"  NOT RUNNABLE AS CONFIGURED on {name}: {e}", flush=True)
     if report["estimates"]:
         print(model_table(report["estimates"]), flush=True)
     return report

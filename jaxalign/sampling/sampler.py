@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from jaxalign import distributed
 from jaxalign import sharding as shd
 from jaxalign.data.batching import bucket_lengths
 from jaxalign.data.tokenize import Encoder
@@ -130,14 +131,6 @@ def place_params(cfg: ModelConfig, params, mesh, name: str = "params"):
 
 def _cfg(model) -> ModelConfig:
     return model.cfg if isinstance(model, Transformer) else model
-
-
-def _local_rows(x: jax.Array) -> np.ndarray:
-    """This process's rows of a row-sharded array (all of them on a single host)."""
-    if x.is_fully_addressable:
-        return np.asarray(x)
-    shards = {s.index[0].start or 0: s.data for s in x.addressable_shards}
-    return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)])
 
 
 def completion_text(tokenizer, prompt_ids, completion_ids, context: int = 4) -> str:
@@ -488,7 +481,7 @@ class Sampler:
         k, n = len(batch.index), settings.n
 
         def get(x):  # [rows * n, ...] -> [k prompts, n, ...], the padding rows dropped
-            rows = _local_rows(x)[:k * n]
+            rows = distributed.local_rows(x)[:k * n]
             return rows.reshape((k, n) + rows.shape[1:])
 
         failed_at = get(state.failed_at)

@@ -6,6 +6,7 @@ collide) and a 30 s heartbeat (a loaded 2-core CI machine can stall a process fo
 so a failed peer ends a run in about a minute.
 """
 
+import json
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from tests.multihost import worker
 
@@ -92,7 +94,7 @@ def test_dpo_two_processes_preempted_killed_and_resumed(tmp_path):
              open(os.path.join(work, "metrics.jsonl")) if '"train/loss"' in line]
     assert steps == list(range(1, worker.STEPS + 1)), steps
 
-    _, state = run_dpo.run(worker.dpo_config(str(tmp_path / "one")))
+    _, state = run_dpo.run(worker.mode_config(str(tmp_path / "one")))
     one = worker.flat_params(state.params)
     assert sorted(one) == sorted(whole.files)
     for k in one:
@@ -120,3 +122,31 @@ def test_grow_two_processes_writes_each_record_once_equal_to_one_process(tmp_pat
     for a, b in zip(one, two):
         assert a["tokens"] == b["tokens"] and a["completion"] == b["completion"], key(a)
         np.testing.assert_allclose(a["logprobs"], b["logprobs"], atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["rloo", "cgpo"])
+def test_online_loop_two_processes_equal_to_one_process(tmp_path, mode):
+    """RLOO and CGPO from files (`python -m jaxalign`, the toy smoke configs: random reward
+    models and, for CGPO, an LLM judge and two tasks) on 2 processes, each sampling, scoring and
+    judging its share of every step's prompts: the rollout metrics and the final parameters are
+    the single-process 8-device run's (within float rounding), each step's metrics written once."""
+    from jaxalign import main
+
+    out = launch(mode, str(tmp_path / "two"))
+    assert [rc for rc, _ in out] == [0, 0], tail(out)
+    two = np.load(tmp_path / "two" / "final.npz")
+    one = main.run_config(worker.mode_config(str(tmp_path / "one"), mode))["params"]
+    one = worker.flat_params(one)
+    assert sorted(one) == sorted(two.files)
+    for k in one:
+        np.testing.assert_allclose(two[k], one[k], rtol=0, atol=1e-5, err_msg=k)
+
+    def rollout_rows(workdir):
+        rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+        return [r for r in rows if any(k.startswith("rollout/") for k in r)]
+    rows_two, rows_one = rollout_rows(tmp_path / "two"), rollout_rows(tmp_path / "one")
+    assert [r["step"] for r in rows_two] == [r["step"] for r in rows_one] and rows_one
+    for a, b in zip(rows_one, rows_two):
+        for k, v in a.items():  # every reward, KL, violation and loss (not the timings)
+            if k.startswith("rollout/") and "second" not in k and "per_s" not in k:
+                np.testing.assert_allclose(b[k], v, rtol=1e-4, atol=1e-5, err_msg=k)

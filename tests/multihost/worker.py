@@ -9,6 +9,8 @@ dpo: `python -m jaxalign` itself (`jaxalign.main.cli`) on the DPO toy config bel
   process 1 sends itself SIGTERM after step S (both processes should save and exit 75);
   "kill@S": every process SIGKILLs itself after step S; none: run to the end. At the end
   process 0 writes WORKDIR/final.npz (the policy's params).
+rloo, cgpo: `python -m jaxalign` on experiments/rloo_toy.py:smoke (ONLINE_OVERRIDES) or
+  experiments/cgpo_toy.py:smoke, process 0 writing WORKDIR/final.npz at the end.
 grow: the grow step (`jaxalign.algorithms.grow.grow`) of a tiny random Llama on GROW_PROMPTS
   into WORKDIR/grow, jax.distributed set up by `jaxalign.distributed.initialize`.
 """
@@ -35,20 +37,25 @@ DPO_OVERRIDES = (
     "--config.loop.checkpoint_every=3", "--config.loop.eval_every=0", "--config.loop.log_every=1",
     "--config.loop.progress_bar=False", "--config.reference=precomputed")
 DPO_CONFIG = "experiments/dpo_toy.py:smoke"
+ONLINE_OVERRIDES = {"rloo": ("--config.online.steps=2",), "cgpo": ()}
+CONFIGS = {"dpo": (DPO_CONFIG, DPO_OVERRIDES),
+           "rloo": ("experiments/rloo_toy.py:smoke", ONLINE_OVERRIDES["rloo"]),
+           "cgpo": ("experiments/cgpo_toy.py:smoke", ONLINE_OVERRIDES["cgpo"])}
 GROW_PROMPTS = [f"prompt {i} is" + " very" * (i % 4) for i in range(10)]  # shards of 5: 3 + 2
 GROW_SETTINGS = dict(n=2, seed=3, shard_size=5, batch_size=4, max_new_tokens=6,
                      temperature=1.0)
 
 
-def dpo_config(workdir: str):
-    """The config the dpo mode runs, as `python -m jaxalign` builds it from DPO_OVERRIDES (for
-    the single-process run of the test)."""
+def mode_config(workdir: str, mode: str = "dpo"):
+    """The config a mode runs, as `python -m jaxalign` builds it from its overrides (for the
+    single-process run of the test)."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location("dpo_toy", DPO_CONFIG.split(":")[0])
+    path, overrides = CONFIGS[mode]
+    spec = importlib.util.spec_from_file_location("config", path.split(":")[0])
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config(DPO_CONFIG.split(":")[1])
-    for o in DPO_OVERRIDES:
+    config = module.get_config(path.split(":")[1])
+    for o in overrides:
         key, value = o.removeprefix("--config.").split("=")
         *path, leaf = key.split(".")
         section = functools.reduce(lambda c, k: c[k], path, config)
@@ -98,7 +105,6 @@ def main(mode, workdir, pid, nproc, port, action=""):
         run_grow(workdir)
         return
     from jaxalign import main as entry
-    from jaxalign.algorithms import run_dpo
     from jaxalign.train import trainer
 
     kind, _, at = action.partition("@")
@@ -114,14 +120,18 @@ def main(mode, workdir, pid, nproc, port, action=""):
 
     trainer.run_loop = on_step_run_loop
 
-    def run_and_save(config):
-        built, state = run_dpo.run(config)
-        if jax.process_index() == 0:
-            np.savez(os.path.join(workdir, "final.npz"), **flat_params(state.params))
-        return built, state
+    runner = entry.RUNNERS[mode]
 
-    entry.RUNNERS["dpo"] = entry.RUNNERS["dpo"]._replace(run=run_and_save)
-    sys.argv = ["jaxalign", f"--config={DPO_CONFIG}", f"--workdir={workdir}", *DPO_OVERRIDES,
+    def run_and_save(config):
+        out = runner.run(config)
+        params = out[1].params if mode == "dpo" else out["params"]
+        if jax.process_index() == 0:
+            np.savez(os.path.join(workdir, "final.npz"), **flat_params(params))
+        return out
+
+    entry.RUNNERS[mode] = runner._replace(run=run_and_save)
+    path, overrides = CONFIGS[mode]
+    sys.argv = ["jaxalign", f"--config={path}", f"--workdir={workdir}", *overrides,
                 f"--coordinator_address={address}", f"--num_processes={nproc}",
                 f"--process_id={pid}", "--heartbeat_timeout_s=30"]
     entry.cli()
