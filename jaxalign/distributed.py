@@ -24,6 +24,7 @@ import glob
 import json
 import logging
 import os
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -160,6 +161,19 @@ def process_slice(n: int, what: str) -> slice:
     return slice(me * n // count, (me + 1) * n // count)
 
 
+def process_share(items: list, filler: Callable[[int], Any]) -> tuple[list, int]:
+    """This process's contiguous share of `items` and how many of it are real: every process
+    gets ceil(n / processes), the last ones topped up with `filler(j)` (work every process must
+    do the same number of times, e.g. a sampler's collective batches, whose results are then
+    dropped). Alone: (items, len(items))."""
+    count, me = jax.process_count(), jax.process_index()
+    if count == 1:
+        return list(items), len(items)
+    per = -(-len(items) // count)
+    mine = list(items[me * per:(me + 1) * per])
+    return mine + [filler(j) for j in range(per - len(mine))], len(mine)
+
+
 def local_rows(x) -> np.ndarray:
     """This process's rows of a row-sharded global array, in order (all of them alone): what
     `put_rows` was given, for a computed output of the same row layout."""
@@ -177,6 +191,17 @@ def gather(x) -> np.ndarray:
         return x
     from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def gather_real(x, n: int) -> np.ndarray:
+    """Every process's first `n` rows of `x` (its real ones; `x` has as many rows on every
+    process, `process_share`'s fillers past them), concatenated in process order."""
+    x = np.asarray(x)
+    if jax.process_count() == 1:
+        return x[:n]
+    every, counts = gather(x), gather(np.array([n], np.int64))
+    rows = len(x)
+    return np.concatenate([every[p * rows:p * rows + c] for p, c in enumerate(counts)])
 
 
 def agree_max(values) -> np.ndarray:

@@ -110,11 +110,8 @@ def _baselines(task: CGPOTask, index: int, sampler: Sampler, s: CGPOSettings, se
             return got
     # this process's share, topped up to the same count on every process (the sampler's batches
     # are collective) with fillers: a real prompt under an id of its own, dropped below
-    count, me = jax.process_count(), jax.process_index()
-    per = -(-len(task.prompts) // count)
-    rows = list(task.prompts[me * per:(me + 1) * per])
-    real = len(rows)
-    rows += [{**task.prompts[0], "id": f"\0filler:{j}"} for j in range(per - real)]
+    rows, real = distributed.process_share(task.prompts, lambda j: {**task.prompts[0],
+                                                                     "id": f"\0filler:{j}"})
     if task.baseline == "data":
         toks = [list(r["baseline_tokens"]) for r in rows]
         records = [{"id": r["id"], "prompt_tokens": list(r["prompt_tokens"]), "tokens": t,

@@ -203,6 +203,8 @@ def score_phase(d: str, records: Sequence[dict], score: ScoreStep, *, chunk_prom
                 required: Sequence[str] = (),
                 on_event: Callable[[str], Any] = lambda e: None) -> dict:
     """Scores whole prompt groups, `chunk_prompts` at a time, into committed `scored-*.jsonl`.
+    With several processes each scores its contiguous share of every chunk's groups, and
+    process 0 writes the chunk's file from the gathered columns.
 
     Each record is written back with the score step's columns added. A `required` column (or
     one an earlier chunk had) that is missing, of the wrong length or not finite is an error
@@ -217,7 +219,10 @@ def score_phase(d: str, records: Sequence[dict], score: ScoreStep, *, chunk_prom
         path = os.path.join(d, name)
         if io.is_committed(path):
             continue
-        recs = [r for g in chunk for r in g]
+        # several processes: each scores its share of the chunk's prompt groups (a score step
+        # may be collective: each calls it once per chunk, a filler group's scores dropped)
+        mine, real = distributed.process_share(chunk, lambda j: chunk[0])
+        recs = [r for g in mine for r in g]
         cols = score(recs)
         if not isinstance(cols, dict):
             raise ValueError(f"the score step must return {{column: values}}, got a "
@@ -225,8 +230,12 @@ def score_phase(d: str, records: Sequence[dict], score: ScoreStep, *, chunk_prom
                              f"{recs[0].get('_loc', 'memory')}")
         columns = columns or sorted(set(cols) | set(required))
         _check_scores(cols, recs, columns)
+        n = sum(len(g) for g in mine[:real])
+        parts = distributed.gather_objects({c: [float(x) for x in cols[c][:n]] for c in columns})
+        cols = {c: [x for part in parts for x in part[c]] for c in columns}
         rows = [{**{k: v for k, v in r.items() if k != "_loc"},
-                 **{c: float(cols[c][i]) for c in columns}} for i, r in enumerate(recs)]
+                 **{c: cols[c][i] for c in columns}}
+                for i, r in enumerate(r for g in chunk for r in g)]
         if jax.process_index() == 0:
             io.write_jsonl(path, rows)
         on_event("score:chunk")

@@ -281,7 +281,7 @@ def grow(prompts, policy, *, out_dir: str, n: int, tokenizer=None, shard_size: i
     count = -(-len(rows) // shard_size)
     paths = [os.path.join(out_dir, f"shard-{k:05d}-of-{count:05d}.jsonl") for k in range(count)]
     todo = [k for k in range(count) if not shard_done(paths[k])]
-    me, procs = jax.process_index(), jax.process_count()
+    me = jax.process_index()
     bar = tqdm(total=sum(len(rows[k * shard_size:(k + 1) * shard_size]) for k in todo) * n,
                unit="sample", desc=f"grow {out_dir}", disable=not progress)
     start, tokens = time.perf_counter(), 0
@@ -290,10 +290,8 @@ def grow(prompts, policy, *, out_dir: str, n: int, tokenizer=None, shard_size: i
         # this process's prompts; every process passes the sampler the same number (its
         # batches are collective), topped up with fillers (a real prompt under an id of their
         # own) whose records are dropped: a prompt's samples depend on its id alone
-        per = -(-len(shard) // procs)
-        shard = shard[me * per:(me + 1) * per]
-        real = len(shard)
-        shard += [{**rows[0], "id": f"\0filler:{j}"} for j in range(per - real)]
+        shard, real = distributed.process_share(shard, lambda j: {**rows[0],
+                                                                  "id": f"\0filler:{j}"})
         records: list[list[dict]] = [[] for _ in shard]
         for index, out in sampler.stream([r["prompt"] for r in shard], ids=[r["id"] for r in shard],
                                          n=n, seed=seed, batch_size=batch_size, **sampling):

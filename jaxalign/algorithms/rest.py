@@ -30,12 +30,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Sequence
 
+import jax
 import numpy as np
 
+from jaxalign import distributed
 from jaxalign.algorithms import driver as drv_lib
 from jaxalign.algorithms.runner import Mapped
 from jaxalign.data import BatchIterator, from_token_rows
-from jaxalign.distributed import process_rows
 from jaxalign.objectives import rest_objective, token_weight
 from jaxalign.reward.scoring import percentile_rank, sigmoid_scale
 from jaxalign.sampling import Sampler, completion_text
@@ -241,16 +242,23 @@ def run_rest(s: RestSettings, *, policy: tuple, tokenizer, data: Sequence[dict],
         return current["params"]
 
     def evaluate(p) -> dict:
+        """The score columns' means over the held-out prompts' samples (several processes:
+        each samples and scores its share, topped up with fillers; the means are of all)."""
         sampler.set_params(p)
-        out = sampler([h["prompt"] for h in held], ids=[h["id"] for h in held],
+        mine, real = distributed.process_share(held, lambda j: {**held[0],
+                                                                "id": f"\0filler:{j}"})
+        out = sampler([h["prompt"] for h in mine], ids=[h["id"] for h in mine],
                       n=s.eval_samples, max_new_tokens=s.max_new_tokens,
                       temperature=s.temperature, top_p=s.top_p, seed=seed + 7_777)
+        first = jax.process_index() * len(mine)  # the share's first held-out prompt
         recs = [{"id": h["id"], "prompt": h["prompt"], "prompt_tokens": out.prompt_tokens[i],
                  "tokens": out.tokens[i, j, :out.lengths[i, j]].tolist(),
-                 "completion": out.texts[i][j], "sample": j, "_loc": f"held-out prompt {i}"}
-                for i, h in enumerate(held) for j in range(s.eval_samples)]
+                 "completion": out.texts[i][j], "sample": j,
+                 "_loc": f"held-out prompt {first + i}"}
+                for i, h in enumerate(mine) for j in range(s.eval_samples)]
         cols = score(recs)
-        return {k: float(np.mean(v)) for k, v in cols.items()}
+        return {k: float(np.mean(distributed.gather_real(v, real * s.eval_samples)))
+                for k, v in cols.items()}
 
     def train_stage(t, name, rows, locs, lr, steps, tau_label):
         built = drv.phase(t, f"build_{name}", lambda d: drv_lib.build_phase(
@@ -272,7 +280,7 @@ def run_rest(s: RestSettings, *, policy: tuple, tokenizer, data: Sequence[dict],
                               params=policy_params(), model_cfg=cfg, mesh=mesh,
                               evaluate_fn=evaluate, programs=programs)
             it = Mapped(BatchIterator(ds, batch_size=batch_size, seed=seed + t,
-                                      **process_rows()), token_weight)
+                                      **distributed.process_rows()), token_weight)
             return drv_lib.train_phase(d, trainer, it, select=s.select, on_event=event,
                                        hand_on=hand_on)
 
