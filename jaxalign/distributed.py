@@ -16,6 +16,10 @@ batch (`BatchIterator(process_index=, process_count=)`, assembled into global ar
 (Orbax); process 0 writes metrics, summaries and records except the grow step's per-process
 parts (`jaxalign.algorithms.driver`); SIGTERM on any host stops every host at the same step
 with a checkpoint (`preempted`, JAX's preemption sync point: no collective per step).
+Work on lists (sampling, scoring, judging) is split the same way: each process takes its
+contiguous share (`process_slice`, or `process_share` topped up with fillers so that collective
+calls match), and the values every process needs are gathered (`gather`, `gather_real`,
+`gather_objects`) in process order.
 """
 
 from __future__ import annotations

@@ -104,7 +104,9 @@ def test_dpo_two_processes_preempted_killed_and_resumed(tmp_path):
 def test_grow_two_processes_writes_each_record_once_equal_to_one_process(tmp_path):
     """The grow step on 2 processes (each samples its slice of every shard, 3 + 2 prompts of a
     shard of 5, and commits its own part): the union of the parts is the single-process run's
-    records (same tokens; log-probs within float tolerance), each record written once."""
+    records (same tokens; log-probs within float tolerance), each record written once. Then the
+    driver's score phase, each process scoring its share of every chunk: the scored files are
+    the single-process run's."""
     from jaxalign.algorithms.grow import read_shards
 
     out = launch("grow", str(tmp_path / "two"))
@@ -113,7 +115,7 @@ def test_grow_two_processes_writes_each_record_once_equal_to_one_process(tmp_pat
     parts = sorted(f for f in os.listdir(grow_dir) if ".part-" in f and not f.endswith(".commit"))
     assert parts == [f"shard-{k:05d}-of-00002.jsonl.part-{p:05d}-of-00002"
                      for k in range(2) for p in range(2)]
-    paths = worker.run_grow(str(tmp_path / "one"))
+    paths, summary, calls = worker.run_grow(str(tmp_path / "one"))
     one = read_shards(paths)
     two = read_shards([str(grow_dir / os.path.basename(p)) for p in paths])
     key = lambda r: (r["id"], r["sample"])  # noqa: E731
@@ -122,6 +124,16 @@ def test_grow_two_processes_writes_each_record_once_equal_to_one_process(tmp_pat
     for a, b in zip(one, two):
         assert a["tokens"] == b["tokens"] and a["completion"] == b["completion"], key(a)
         np.testing.assert_allclose(a["logprobs"], b["logprobs"], atol=1e-5)
+
+    # the score phase: each process scored its share of every chunk; process 0 wrote the files,
+    # the single-process run's records with the same scores, in the same order
+    assert calls == 4 and len(summary["files"]) == 4  # 10 prompts, 3 per chunk
+    assert all("score calls: 4" in text for _, text in out), tail(out)
+    for name in summary["files"]:
+        one_rows = [json.loads(x) for x in open(tmp_path / "one" / "scored" / name)]
+        two_rows = [json.loads(x) for x in open(tmp_path / "two" / "scored" / name)]
+        assert [(r["id"], r["sample"], r["reward"], r["length"]) for r in two_rows] == \
+            [(r["id"], r["sample"], r["reward"], r["length"]) for r in one_rows], name
 
 
 @pytest.mark.parametrize("mode", ["rloo", "cgpo"])

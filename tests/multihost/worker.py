@@ -86,11 +86,29 @@ def tiny_sampler():
                    batch_size=GROW_SETTINGS["batch_size"])
 
 
+def toy_score(records):
+    """A score step that depends on each record (and counts its calls: a collective score step
+    must be called as often on every process)."""
+    toy_score.calls += 1
+    return {"reward": [sum(r["tokens"]) % 7 + 0.25 * r["sample"] for r in records],
+            "length": [len(r["tokens"]) for r in records]}
+
+
 def run_grow(workdir: str):
-    from jaxalign.algorithms.grow import grow
+    """The grow step into WORKDIR/grow, then the driver's score phase of its records (3 prompts
+    per chunk: 2 + 1 of a chunk per process, then 1 + a filler) into WORKDIR/scored."""
+    from jaxalign.algorithms.driver import score_phase
+    from jaxalign.algorithms.grow import grow, read_shards
     settings = {k: v for k, v in GROW_SETTINGS.items() if k != "batch_size"}
-    return grow(GROW_PROMPTS, tiny_sampler(), out_dir=os.path.join(workdir, "grow"),
-                batch_size=GROW_SETTINGS["batch_size"], progress=False, **settings)
+    paths = grow(GROW_PROMPTS, tiny_sampler(), out_dir=os.path.join(workdir, "grow"),
+                 batch_size=GROW_SETTINGS["batch_size"], progress=False, **settings)
+    toy_score.calls = 0
+    summary = score_phase(os.path.join(workdir, "scored"), read_shards(paths), toy_score,
+                          chunk_prompts=3)
+    return paths, summary, toy_score.calls
+
+
+toy_score.calls = 0
 
 
 def main(mode, workdir, pid, nproc, port, action=""):
@@ -102,7 +120,7 @@ def main(mode, workdir, pid, nproc, port, action=""):
     if mode == "grow":
         from jaxalign import distributed
         distributed.initialize(address, nproc, pid, heartbeat_timeout_s=30)
-        run_grow(workdir)
+        print(f"score calls: {run_grow(workdir)[2]}", flush=True)
         return
     from jaxalign import main as entry
     from jaxalign.train import trainer
