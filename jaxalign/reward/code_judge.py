@@ -30,9 +30,10 @@ Each run is a bootstrap (`_BOOT`, fed with a JSON spec on stdin to `python -I -S
 The proc is read-only too, so a nested user namespace the program makes gets no uid map.
 RLIMIT_NPROC counts per user namespace: each run has its own budget, runs in parallel included.
 Not done: seccomp syscall filtering (the kernel's namespace and uid checks are the boundary);
-and the verdict is the exit status, so a solution that calls os._exit(0) before the tests run
-passes (sys.exit is caught and fails); a judge that must resist that needs the tests in a
-separate process.
+and CodeJudge's verdict is an exit status drawn at random per run (3..125, read from a file the
+runner deletes before the solution runs), so a solution that ends the process early (os._exit(0),
+sys.exit: caught) fails; a solution written to find that number in the runner's memory could
+still forge a pass: a judge that must resist that needs the tests in a separate process.
 The program runs under the first interpreter in `python` (default: this one, then
 /usr/bin/python3) that the sandbox uid may execute; ours lives under /root, so here it is
 /usr/bin/python3: the program may use the standard library only.
@@ -52,6 +53,7 @@ import json
 import math
 import os
 import re
+import secrets
 import selectors
 import shutil
 import signal
@@ -428,6 +430,9 @@ def extract_code(completion: str) -> str | None:
 _RUNNER = '''\
 import os, sys, traceback
 ENTRY_POINT = {entry_point!r}
+with open("pass_code") as f:  # the exit status that means "passed", drawn per run
+    PASS = int(f.read())
+os.remove("pass_code")
 ns = {{"__name__": "solution"}}
 try:
     for path in ("solution.py", "tests.py"):
@@ -443,10 +448,12 @@ try:
             raise RuntimeError("tests define check(candidate) but the prompt has no entry point")
         mine["check"](ns[ENTRY_POINT])
     sys.stdout.flush()
+    sys.stderr.flush()
 except BaseException:
     traceback.print_exc()
     sys.stderr.flush()
     os._exit(1)
+os._exit(PASS)
 '''
 
 
@@ -458,7 +465,8 @@ class CodeJudge(Judge):
     run after the solution in the same namespace: top-level asserts (MBPP), `test_*` functions
     (a test function body under `def test_...():`; each is called), or HumanEval's
     `check(candidate)`, called with `metadata[entry_point_key]`'s function. Standard library
-    only. Pass iff the run exits 0 within its limits (`run_sandboxed`'s arguments, per run).
+    only. Pass iff the run ends within its limits with the exit status drawn for it (module
+    docstring: an early exit of the solution, os._exit(0) included, fails).
     workers: runs at once (a thread pool of sandboxed subprocesses); `run` gives the
     SandboxResults (None where there was no code block).
     """
@@ -490,17 +498,33 @@ class CodeJudge(Judge):
     def run(self, completions: Sequence[str],
             metadata: Sequence[Mapping]) -> list[SandboxResult | None]:
         """One sandboxed run per completion, `workers` at a time, in order."""
+        return self._run_all(completions, metadata)
+
+    def _run_all(self, completions, metadata) -> list[SandboxResult | None]:
+        """The runs, each with the exit status drawn for it read back as 0 (passed), and an
+        early exit 0 as 1 (failed: the tests did not finish)."""
         jobs = []
         for i, (text, meta) in enumerate(zip(completions, metadata)):
             tests, code = self._tests(i, meta), extract_code(text)
             runner = _RUNNER.format(entry_point=meta.get(self.entry_point_key))
-            jobs.append(None if code is None else
-                        (runner, {"solution.py": code, "tests.py": tests}))
+            pass_code = 3 + secrets.randbelow(123)  # 3..125: not 0, 1 or 2, nor a shell's
+            jobs.append(None if code is None else (runner, {
+                "solution.py": code, "tests.py": tests, "pass_code": str(pass_code)}, pass_code))
         with concurrent.futures.ThreadPoolExecutor(self.workers) as pool:
             futures = [job and pool.submit(_run, job[0], files=job[1], isolate=self.isolate,
                                            **self.limits) for job in jobs]
-            return [f and f.result() for f in futures]
+            return [f and _verdict(f.result(), job[2]) for f, job in zip(futures, jobs)]
 
     def judge(self, prompts, completions, metadata):
         results = self.run(completions, metadata)
         return Verdicts(np.array([r is not None and r.passed for r in results], bool))
+
+
+def _verdict(res: SandboxResult, pass_code: int) -> SandboxResult:
+    """A CodeJudge run as a plain exit status: the drawn pass code is 0, an exit 0 is 1."""
+    if res.exit_code == pass_code:
+        return dataclasses.replace(res, exit_code=0)
+    if res.exit_code == 0:
+        return dataclasses.replace(res, exit_code=1, stderr=res.stderr + (
+            "\n[code judge] the program exited with status 0 before the tests finished"))
+    return res

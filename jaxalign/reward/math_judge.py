@@ -19,7 +19,8 @@ handler, and it cannot interrupt a long C call. So the judge runs math-verify in
 subprocess of its own (started on first use, kept for later batches, math-verify's alarms off)
 and waits at most `timeout_s` of wall clock for each response's verdict; past that it kills the
 worker, counts the response as failed (and in `timeouts`) and starts a fresh worker for the
-next one. Nothing here uses signals, so the judge works from any thread; calls on one judge are
+next one. The worker's address space is capped at `memory_mb` (RLIMIT_AS): a response whose
+expression would need more (10^10^10 expanded) kills the worker, and counts the same way. Nothing here uses signals, so the judge works from any thread; calls on one judge are
 serialised by a lock. The worker runs the snippet `_WORKER` with no jaxalign import (a start
 costs about a second: sympy and math-verify's imports); it exits when the judge is closed or
 garbage-collected, or when this process dies (its stdin closes).
@@ -48,7 +49,10 @@ log = logging.getLogger(__name__)
 # One request per line: [gold, prediction] (JSON); one reply per line: [gold_parsed, equivalent].
 # Replies go to the real stdout; anything a library prints goes to stderr.
 _WORKER = r"""
-import json, logging, sys
+import json, logging, resource, sys
+limit = int(sys.argv[1]) << 20  # the address space the worker may use (0: no limit)
+if limit:
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 out, sys.stdout = sys.stdout, sys.stderr
 logging.disable(logging.CRITICAL)
 from math_verify import parse, verify
@@ -70,12 +74,13 @@ class _Worker:
     """The math-verify subprocess: `ask(gold, pred, timeout_s)` -> (gold_parsed, ok) or None
     on timeout or a dead worker (then the process is killed; the next `ask` starts another)."""
 
-    def __init__(self, start_timeout_s: float):
+    def __init__(self, start_timeout_s: float, memory_mb: int = 0):
         self.start_timeout_s, self.proc, self.buf = start_timeout_s, None, b""
+        self.memory_mb = memory_mb
 
     def _start(self):
-        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, bufsize=0)
+        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER, str(self.memory_mb)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
         self.buf = b""
         if self._readline(time.monotonic() + self.start_timeout_s) != b"ready":
             self.close()
@@ -149,7 +154,8 @@ class MathAnswerJudge(Judge):
     """
 
     def __init__(self, phrase: str = "The final answer is", answer_key: str = "answer",
-                 timeout_s: float = 5.0, start_timeout_s: float = 60.0, name: str = "math"):
+                 timeout_s: float = 5.0, start_timeout_s: float = 60.0,
+                 memory_mb: int = 4096, name: str = "math"):
         if importlib.util.find_spec("math_verify") is None:
             raise ImportError(f"judge {name!r} needs math-verify: pip install math-verify")
         if not phrase.strip() or timeout_s <= 0:
@@ -158,7 +164,10 @@ class MathAnswerJudge(Judge):
         self.phrase, self.answer_key, self.timeout_s, self.name = phrase, answer_key, timeout_s, name
         self.regex = re.compile(re.escape(phrase.strip()), re.IGNORECASE)
         self.timeouts = 0
-        self._worker = _Worker(start_timeout_s)
+        if memory_mb < 0:
+            raise ValueError(f"judge {name!r}: memory_mb must be >= 0 (0: no limit), got "
+                             f"{memory_mb}")
+        self._worker = _Worker(start_timeout_s, memory_mb)
         self._lock = threading.Lock()
         self._finalizer = weakref.finalize(self, self._worker.close)
 

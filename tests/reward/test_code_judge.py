@@ -216,6 +216,11 @@ CASES = [  # (id, completion, metadata, passes)
     ("no_code_block", "def add(a, b): return a + b", {"tests": "assert add(2, 3) == 5"}, False),
     ("exits_before_tests", fenced("import sys\nsys.exit(0)"),
      {"tests": "assert add(2, 3) == 5"}, False),
+    ("os_exit_0_before_tests", fenced("import os\nos._exit(0)"),
+     {"tests": "assert add(2, 3) == 5"}, False),
+    ("os_exit_0_in_tests_after_a_failure", fenced(ADD + "\nimport os\nadd = lambda a, b: "
+                                                   "os._exit(0)"),
+     {"tests": "assert add(2, 3) == 5"}, False),
     ("main_block_skipped", fenced(ADD + "\nif __name__ == '__main__':\n    input()"),
      {"tests": "assert add(2, 3) == 5"}, True),
 ]
@@ -227,6 +232,11 @@ def test_code_judge_verdicts(sandboxed):
     out = judge(["prompt"] * len(CASES), list(completions), list(metadata))
     assert out.scores is None
     assert dict(zip(ids, out.passed.tolist())) == dict(zip(ids, expected))
+    # the runs, as `run` gives them: the drawn pass status reads as 0, an early exit 0 as 1
+    runs = dict(zip(ids, judge.run(list(completions), list(metadata))))
+    assert runs["asserts_correct"].exit_code == 0 and runs["asserts_correct"].passed
+    early = runs["os_exit_0_before_tests"]
+    assert early.exit_code == 1 and "before the tests finished" in early.stderr
 
 
 def test_parallel_candidates_keep_their_order(sandboxed):

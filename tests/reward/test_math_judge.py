@@ -114,3 +114,14 @@ def test_hung_comparison_fails_at_its_deadline_from_a_thread():
         assert slow.timeouts == 1
     finally:
         slow.close()
+
+
+def test_worker_address_space_is_capped(judge):
+    """The math-verify worker runs under RLIMIT_AS = memory_mb (default 4096 MiB); a negative
+    cap is refused."""
+    judge(["p"], ["The final answer is $1$."], [{"answer": "1"}])  # the worker is running
+    limits = open(f"/proc/{judge._worker.proc.pid}/limits").read()
+    line = next(x for x in limits.splitlines() if x.startswith("Max address space"))
+    assert line.split()[3:5] == [str(4096 << 20)] * 2, line
+    with pytest.raises(ValueError, match="memory_mb must be >= 0"):
+        MathAnswerJudge(memory_mb=-1)
