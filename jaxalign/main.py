@@ -25,7 +25,8 @@ from typing import Callable, NamedTuple
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxalign.algorithms import run_cgpo, run_dpo, run_online, run_rest, run_reward, run_sppo
+from jaxalign.algorithms import (cgpo_sizing, run_cgpo, run_dpo, run_online, run_rest, run_reward,
+                                 run_sppo)
 from jaxalign.gym import cgpo as cgpo_gym
 from jaxalign.gym import frontier, genarm
 from jaxalign.gym import rest as rest_gym
@@ -54,7 +55,7 @@ RUNNERS = {
     "rloo": Runner(run_online.run, no_dry_run=(  # online RL (RLOO) from files: policy, RM, prompts
         "the RLOO runner has no abstract build yet; its :smoke config runs in about 30 s")),
     # CGPO from files: policy, reward models, judge models, one prompt file per task
-    "cgpo": Runner(run_cgpo.run, run_cgpo.dry_run),
+    "cgpo": Runner(run_cgpo.run, cgpo_sizing.dry_run),
     "reward_bt": Runner(run_reward.run, no_dry_run=(  # a Bradley-Terry scalar reward model
         "the reward-model runner has no abstract build yet; its :smoke config trains in "
         "seconds"), one_process="its held-out accuracy is computed on one host's batches"),

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from experiments import cgpo_llama3_70b, cgpo_toy
-from jaxalign.algorithms import run_cgpo
+from jaxalign.algorithms import cgpo_sizing, run_cgpo
 from jaxalign.data import toy
 from jaxalign.main import run_config
 from jaxalign.models.presets import preset
@@ -151,7 +151,7 @@ def test_paper_config_global_batch_is_1024(arg):
     assert len(specs) == 6 and c.cgpo.steps == 600
     assert sum(t.prompts_per_step * t.samples for t in c.tasks.values()) == 1024
     crraft = sum(t.prompts_per_step for t in c.tasks.values() if t.optimizer == "crraft")
-    assert run_cgpo.step_rows(specs) == 1024 + crraft
+    assert cgpo_sizing.step_rows(specs) == 1024 + crraft
     assert crraft == {"": 64, "crpg": 0, "crraft": 192, "codpo": 0}[arg]
 
 
