@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxalign import io
+from jaxalign import distributed, io
 from jaxalign import sharding as shd
 from jaxalign.models.config import ModelConfig
 from jaxalign.models.hf_config import config_from_hf, config_to_hf, read_hf_config
@@ -174,9 +174,17 @@ def _host(x) -> np.ndarray:
 
 
 def save_hf(directory: str, cfg: ModelConfig, params, *, dtype: str | None = None,
-            max_shard_bytes: int = 5 * 2**30) -> None:
-    """Write config.json and safetensors (sharded with an index past `max_shard_bytes`)."""
-    os.makedirs(directory, exist_ok=True)
+            max_shard_bytes: int = 5 * 2**30, extra_tensors=(), config_update=None) -> None:
+    """Write config.json and safetensors (sharded with an index past `max_shard_bytes`).
+
+    `directory` may be a URL (gs://..., each file written whole). extra_tensors: (hf name,
+    shape, produce() -> array) written after the model's (e.g. a reward head), in `dtype`;
+    config_update: keys set in config.json. Several processes: all must call it (arrays spread
+    over hosts are gathered tensor by tensor, in the same order everywhere); process 0 writes.
+    """
+    writer = jax.process_index() == 0
+    if writer:
+        io.makedirs(directory)
     flat = flatten_paths(params)
     dtype = np.dtype(dtype or next(iter(flat.values())).dtype)
     groups: dict[str, list] = {}  # hf name -> [(source, leaf, layer)]
@@ -198,6 +206,7 @@ def save_hf(directory: str, cfg: ModelConfig, params, *, dtype: str | None = Non
         return name, shape, dtype, produce
 
     entries = [entry(n, p) for n, p in groups.items()]
+    entries += [(name, tuple(shape), dtype, produce) for name, shape, produce in extra_tensors]
     shards, size = [[]], 0
     for e in entries:
         nbytes = int(np.prod(e[1], dtype=np.int64)) * dtype.itemsize
@@ -206,17 +215,29 @@ def save_hf(directory: str, cfg: ModelConfig, params, *, dtype: str | None = Non
             size = 0
         shards[-1].append(e)
         size += nbytes
+
+    def write(path, shard):
+        if writer:
+            write_safetensors(path, shard)
+        else:  # the writer's gathers, in its order (each is a collective)
+            for e in shard:
+                e[3]()
+
     if len(shards) == 1:
-        write_safetensors(os.path.join(directory, "model.safetensors"), shards[0])
+        write(os.path.join(directory, "model.safetensors"), shards[0])
     else:
         weight_map = {}
         for k, shard in enumerate(shards):
             fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-            write_safetensors(os.path.join(directory, fname), shard)
+            write(os.path.join(directory, fname), shard)
             weight_map.update({e[0]: fname for e in shard})
-        _write_json(os.path.join(directory, "model.safetensors.index.json"),
-                    {"metadata": {}, "weight_map": weight_map})
-    _write_json(os.path.join(directory, "config.json"), config_to_hf(cfg, str(dtype)))
+        if writer:
+            _write_json(os.path.join(directory, "model.safetensors.index.json"),
+                        {"metadata": {}, "weight_map": weight_map})
+    if writer:
+        _write_json(os.path.join(directory, "config.json"),
+                    {**config_to_hf(cfg, str(dtype)), **(config_update or {})})
+    distributed.barrier("jaxalign_save_hf")  # the files exist for every process after it
 
 
 def _write_json(path: str, obj) -> None:

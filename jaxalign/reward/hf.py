@@ -12,20 +12,17 @@ neither backbone nor head (an `lm_head`, a second head) is refused, as is a chec
 
 from __future__ import annotations
 
-import json
 import os
 import re
 
-import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxalign import io
 from jaxalign import sharding as shd
 from jaxalign.models.hf import (CheckpointError, check_tensor, load_params, save_hf,
                                 tensor_sources)
 from jaxalign.models.hf_config import config_from_hf, read_hf_config
-from jaxalign.models.safetensors_io import CheckpointTensors, SafetensorsFile, write_safetensors
+from jaxalign.models.safetensors_io import CheckpointTensors
 from jaxalign.reward.model import SCORE_AXES, backbone_config
 
 SCORE = "score.weight"
@@ -103,39 +100,15 @@ def _host(x) -> np.ndarray:
 def save_reward_hf(directory: str, cfg, params, *, dtype: str | None = None,
                    max_shard_bytes: int = 5 * 2**30) -> None:
     """Write a `*ForSequenceClassification` checkpoint: config.json (architecture, one label,
-    `pad_token_id`) and safetensors with the backbone and `score.weight`."""
+    `pad_token_id`) and safetensors with the backbone and `score.weight` (`save_hf`: a URL
+    directory works, and with several processes all call it and process 0 writes)."""
     if cfg.pad_token_id is None:
         raise ValueError("save_reward_hf: cfg.pad_token_id is None; transformers' sequence "
                          "classifiers need it to find the last token of right-padded rows")
+    head = (SCORE, (1, cfg.hidden_size),
+            lambda: _host(params["score"]["kernel"]).T)  # torch Linear: [out, in]
     save_hf(directory, backbone_config(cfg), params["model"], dtype=dtype,
-            max_shard_bytes=max_shard_bytes)
-    kernel = _host(params["score"]["kernel"])
-    dtype = np.dtype(dtype or jax.tree.leaves(params["model"])[0].dtype)
-    index_path = os.path.join(directory, "model.safetensors.index.json")
-    index = None
-    if os.path.exists(index_path):
-        with open(index_path) as fh:
-            index = json.load(fh)
-        fname = sorted(set(index["weight_map"].values()))[-1]
-    else:
-        fname = "model.safetensors"
-    # Rewrite one file with the head appended; the old tensors are streamed from its memory map.
-    path = os.path.join(directory, fname)
-    f = SafetensorsFile(path)
-    entries = [(n, f.shape(n), f[n].dtype, (lambda n=n: f[n])) for n in f.keys()]
-    entries.append((SCORE, (1, cfg.hidden_size), dtype, lambda: kernel.T.astype(dtype)))
-    write_safetensors(path, entries, metadata=f.metadata or None)
-    if index is not None:
-        index["weight_map"][SCORE] = fname
-        _write_json(index_path, index)
-    config_path = os.path.join(directory, "config.json")
-    with open(config_path) as fh:
-        config = json.load(fh)
-    config.update(architectures=[ARCHITECTURES[cfg.family]], num_labels=1,
-                  id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0},
-                  tie_word_embeddings=cfg.tie_word_embeddings, pad_token_id=cfg.pad_token_id)
-    _write_json(config_path, config)
-
-
-def _write_json(path: str, obj) -> None:
-    io.write_atomic(path, json.dumps(obj, indent=2))
+            max_shard_bytes=max_shard_bytes, extra_tensors=[head], config_update=dict(
+                architectures=[ARCHITECTURES[cfg.family]], num_labels=1,
+                id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0},
+                tie_word_embeddings=cfg.tie_word_embeddings, pad_token_id=cfg.pad_token_id))
