@@ -58,7 +58,7 @@ RUNNERS = {
     "cgpo": Runner(run_cgpo.run, cgpo_sizing.dry_run),
     "reward_bt": Runner(run_reward.run, no_dry_run=(  # a Bradley-Terry scalar reward model
         "the reward-model runner has no abstract build yet; its :smoke config trains in "
-        "seconds"), one_process="its held-out accuracy is computed on one host's batches"),
+        "seconds")),
     # the gym: DPO reward-vs-KL frontier, GenARM guided decoding, ReST's Table 1, SPPO vs DPO,
     # CGPO's judges against reward hacking
     "dpo_frontier": Runner(frontier.run, no_dry_run=GYM, one_process=GYM_ONE),

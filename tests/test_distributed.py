@@ -71,6 +71,6 @@ def test_single_host_runners_refuse_several_processes(monkeypatch):
     from jaxalign import main
     from ml_collections import ConfigDict
     monkeypatch.setattr(jax, "process_count", lambda: 2)
-    for algorithm in ("rest_gym", "reward_bt"):
+    for algorithm in ("rest_gym", "cgpo_gym"):
         with pytest.raises(app.UsageError, match=f"{algorithm!r} runs on one process"):
             main.run_config(ConfigDict(dict(algorithm=algorithm)))

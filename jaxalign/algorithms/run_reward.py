@@ -23,6 +23,7 @@ from jaxalign.algorithms.runner import (Mapped, load_split, load_tokenizer, loop
                                         model_overrides, pair_weight, resolve_model_config,
                                         toy_data_paths)
 from jaxalign.data import BatchIterator
+from jaxalign.distributed import process_rows
 from jaxalign.models.hf import load_hf
 from jaxalign.objectives import bradley_terry_objective, check_columns, pairwise_accuracy
 from jaxalign.reward.hf import load_reward_hf, save_reward_hf
@@ -60,19 +61,20 @@ def run(config):
     train_path, eval_path = toy_data_paths(config)
     train_ds = load_split("preference", train_path, tokenizer, "train", **kw)
     eval_ds = load_split("preference", eval_path, tokenizer, "eval", **kw)
-    train_it = Mapped(BatchIterator(train_ds, batch_size=d.batch_size, seed=config.seed),
-                      pair_weight)
+    # each process reads its own rows of every batch (all of them when it runs alone)
+    train_it = Mapped(BatchIterator(train_ds, batch_size=d.batch_size, seed=config.seed,
+                                    **process_rows()), pair_weight)
     eval_batches = [pair_weight(b) for b in BatchIterator(
-        eval_ds, batch_size=d.batch_size, shuffle=False, num_epochs=1)]
+        eval_ds, batch_size=d.batch_size, shuffle=False, num_epochs=1, **process_rows())]
     objective = bradley_terry_objective(cfg, margin=config.loss.margin)
     if eval_batches:  # train batches have the same columns
         check_columns(objective, eval_batches[0], f"{eval_path} batches")
-    before = pairwise_accuracy(cfg, params, eval_batches)
+    before = pairwise_accuracy(cfg, params, eval_batches, mesh)
     state = train(loop, objective=objective, optimizer=optimizer, params=params, model_cfg=cfg,
                   train_iter=train_it, eval_batches=eval_batches, mesh=mesh,
                   logical_axes=reward_logical_axes(cfg),
                   meta={"config": config.to_json_best_effort()})
-    after = pairwise_accuracy(cfg, state.params, eval_batches)
+    after = pairwise_accuracy(cfg, state.params, eval_batches, mesh)
     print(f"held-out pairwise accuracy: {before:.3f} -> {after:.3f} "
           f"({len(eval_ds)} pairs)", flush=True)
     if config.get("export_hf"):

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxalign import distributed
 from jaxalign.losses import bradley_terry_loss  # the loss; re-exported here for old imports
 from jaxalign.objectives.columns import reads
 from jaxalign.reward.model import reward_scores
@@ -53,12 +54,17 @@ def _accuracy_terms(cfg, params, batch):
     return w, m["reward_accuracy"]
 
 
-def pairwise_accuracy(cfg, params, batches) -> float:
-    """Held-out accuracy (ties 1/2) over preference batches with `weight`, padding rows out."""
+def pairwise_accuracy(cfg, params, batches, mesh=None) -> float:
+    """Held-out accuracy (ties 1/2) over preference batches with `weight`, padding rows out.
+    With `mesh`, each batch's rows are split over its data-parallel axes (with several
+    processes each passes its own rows of every batch, and the accuracy is over all)."""
     hits, total = 0.0, 0.0
     columns = bradley_terry_objective(cfg).columns  # the margin does not change the accuracy
     for batch in batches:
-        w, acc = jax.device_get(_accuracy_terms(cfg, params, {k: batch[k] for k in columns}))
+        batch = {k: batch[k] for k in columns}
+        if mesh is not None:
+            batch = distributed.put_rows(batch, mesh)
+        w, acc = (distributed.gather_rows(x) for x in _accuracy_terms(cfg, params, batch))
         hits += float(np.sum(w * acc))
         total += float(np.sum(w))
     return hits / max(total, 1e-9)

@@ -136,22 +136,38 @@ def test_grow_two_processes_writes_each_record_once_equal_to_one_process(tmp_pat
             [(r["id"], r["sample"], r["reward"], r["length"]) for r in one_rows], name
 
 
-@pytest.mark.parametrize("mode", ["rloo", "cgpo"])
-def test_online_loop_two_processes_equal_to_one_process(tmp_path, mode):
+@pytest.mark.parametrize("mode", ["rloo", "cgpo", "reward_bt"])
+def test_runner_two_processes_equal_to_one_process(tmp_path, mode):
     """RLOO and CGPO from files (`python -m jaxalign`, the toy smoke configs: random reward
     models and, for CGPO, an LLM judge and two tasks) on 2 processes, each sampling, scoring and
     judging its share of every step's prompts: the rollout metrics and the final parameters are
-    the single-process 8-device run's (within float rounding), each step's metrics written once."""
+    the single-process 8-device run's (within float rounding), each step's metrics written once.
+    The Bradley-Terry reward runner likewise, with its held-out accuracy over every process's
+    rows and its HF export written by process 0 equal to the single-process export."""
     from jaxalign import main
 
     out = launch(mode, str(tmp_path / "two"))
     assert [rc for rc, _ in out] == [0, 0], tail(out)
     two = np.load(tmp_path / "two" / "final.npz")
-    one = main.run_config(worker.mode_config(str(tmp_path / "one"), mode))["params"]
-    one = worker.flat_params(one)
+    result = main.run_config(worker.mode_config(str(tmp_path / "one"), mode))
+    one = worker.flat_params(result["state"].params if mode == "reward_bt" else result["params"])
     assert sorted(one) == sorted(two.files)
     for k in one:
         np.testing.assert_allclose(two[k], one[k], rtol=0, atol=1e-5, err_msg=k)
+
+    if mode == "reward_bt":
+        from jaxalign.models.safetensors_io import SafetensorsFile
+        accuracy = [t for _, t in out][0].split("held-out pairwise accuracy: ")[1].split()
+        assert accuracy[:3] == f"{result['initial_eval_accuracy']:.3f} -> " \
+            f"{result['eval_accuracy']:.3f}".split(), accuracy
+        files = [sorted(os.listdir(w / "hf_export")) for w in (tmp_path / "one", tmp_path / "two")]
+        assert files[0] == files[1] and "model.safetensors" in files[0], files
+        a, b = (SafetensorsFile(str(w / "hf_export" / "model.safetensors"))
+                for w in (tmp_path / "one", tmp_path / "two"))
+        assert sorted(a.keys()) == sorted(b.keys()) and "score.weight" in a.keys()
+        for k in a.keys():
+            np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-5, err_msg=k)
+        return
 
     def rollout_rows(workdir):
         rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]

@@ -9,8 +9,8 @@ dpo: `python -m jaxalign` itself (`jaxalign.main.cli`) on the DPO toy config bel
   process 1 sends itself SIGTERM after step S (both processes should save and exit 75);
   "kill@S": every process SIGKILLs itself after step S; none: run to the end. At the end
   process 0 writes WORKDIR/final.npz (the policy's params).
-rloo, cgpo: `python -m jaxalign` on experiments/rloo_toy.py:smoke (ONLINE_OVERRIDES) or
-  experiments/cgpo_toy.py:smoke, process 0 writing WORKDIR/final.npz at the end.
+rloo, cgpo, reward_bt: `python -m jaxalign` on the config in CONFIGS, process 0 writing
+  WORKDIR/final.npz at the end (reward_bt also exports a HF checkpoint to WORKDIR/hf_export).
 grow: the grow step (`jaxalign.algorithms.grow.grow`) of a tiny random Llama on GROW_PROMPTS
   into WORKDIR/grow, jax.distributed set up by `jaxalign.distributed.initialize`.
 """
@@ -37,10 +37,13 @@ DPO_OVERRIDES = (
     "--config.loop.checkpoint_every=3", "--config.loop.eval_every=0", "--config.loop.log_every=1",
     "--config.loop.progress_bar=False", "--config.reference=precomputed")
 DPO_CONFIG = "experiments/dpo_toy.py:smoke"
-ONLINE_OVERRIDES = {"rloo": ("--config.online.steps=2",), "cgpo": ()}
 CONFIGS = {"dpo": (DPO_CONFIG, DPO_OVERRIDES),
-           "rloo": ("experiments/rloo_toy.py:smoke", ONLINE_OVERRIDES["rloo"]),
-           "cgpo": ("experiments/cgpo_toy.py:smoke", ONLINE_OVERRIDES["cgpo"])}
+           "rloo": ("experiments/rloo_toy.py:smoke", ("--config.online.steps=2",)),
+           "cgpo": ("experiments/cgpo_toy.py:smoke", ()),
+           "reward_bt": ("experiments/reward_toy.py:smoke", (
+               "--config.export_hf=True", "--config.loop.total_steps=4",
+               "--config.optim.total_steps=4", "--config.optim.warmup_steps=1",
+               "--config.loop.checkpoint_every=4"))}
 GROW_PROMPTS = [f"prompt {i} is" + " very" * (i % 4) for i in range(10)]  # shards of 5: 3 + 2
 GROW_SETTINGS = dict(n=2, seed=3, shard_size=5, batch_size=4, max_new_tokens=6,
                      temperature=1.0)
@@ -142,7 +145,8 @@ def main(mode, workdir, pid, nproc, port, action=""):
 
     def run_and_save(config):
         out = runner.run(config)
-        params = out[1].params if mode == "dpo" else out["params"]
+        params = {"dpo": lambda: out[1].params, "reward_bt": lambda: out["state"].params}.get(
+            mode, lambda: out["params"])()
         if jax.process_index() == 0:
             np.savez(os.path.join(workdir, "final.npz"), **flat_params(params))
         return out
