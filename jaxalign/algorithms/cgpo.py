@@ -49,7 +49,7 @@ from jaxalign.models import completion_logprobs
 from jaxalign.objectives import policy_gradient_objective
 from jaxalign.reward.judges import JudgeError, check_verdicts
 from jaxalign.sampling import Sampler, completion_text
-from jaxalign.sharding import data_parallel_size, make_mesh
+from jaxalign.sharding import batch_sharding, data_parallel_size, make_mesh
 from jaxalign.train.optim import make_optimizer
 from jaxalign.train.trainer import LoopConfig, Trainer
 
@@ -190,7 +190,8 @@ def run_cgpo(s: CGPOSettings, tasks: Sequence[CGPOTask], *, policy: tuple, token
                       batch_size=s.sample_batch)
     baselines = [_baselines(t, i, sampler, s, seed, workdir) for i, t in enumerate(tasks)]
     logps = jax.jit(lambda p, b: completion_logprobs(cfg, p, b["tokens"], b["mask"],
-                                                     b["loss_mask"]).sum)
+                                                     b["loss_mask"]).sum,
+                    out_shardings=batch_sharding(mesh, 1))  # rows stay where they were
     history = []
     meta = {"cgpo": dataclasses.asdict(s), "tasks": [  # (judges may hold locks: no deepcopy)
         {f.name: getattr(t, f.name) for f in dataclasses.fields(t)

@@ -50,7 +50,7 @@ from jaxalign import distributed, losses
 from jaxalign.models import completion_logprobs
 from jaxalign.objectives import policy_gradient_objective
 from jaxalign.sampling import Sampler
-from jaxalign.sharding import check_batch_rows, make_mesh
+from jaxalign.sharding import batch_sharding, check_batch_rows, make_mesh
 from jaxalign.train.optim import make_optimizer
 from jaxalign.train.trainer import LoopConfig, Preempted, Trainer
 
@@ -199,7 +199,8 @@ def run_online(s: OnlineSettings, *, policy: tuple, tokenizer, prompts: Sequence
     sampler = Sampler(cfg, params, tokenizer, mesh=mesh, max_len=max_len,
                       batch_size=s.sample_batch)
     logps = jax.jit(lambda p, b: completion_logprobs(cfg, p, b["tokens"], b["mask"],
-                                                     b["loss_mask"], lean=lean_logprobs).sum)
+                                                     b["loss_mask"], lean=lean_logprobs).sum,
+                    out_shardings=batch_sharding(mesh, 1))  # rows stay where they were
     history = []
     with Trainer(loop, objective=objective, optimizer=optimizer,
                  params=jax.tree.map(lambda x: x.copy(), params), model_cfg=cfg,

@@ -42,7 +42,9 @@ class BatchedForward:
 
     def __init__(self, fn: Callable, params, *, pad_id: int, buckets: Sequence[int],
                  batch_size: int = 32, mesh: Mesh | None = None, logical_axes=None):
-        self.fn = jax.jit(fn)
+        # outputs keep the batch's row split (each process reads back its own rows)
+        self.fn = jax.jit(fn) if mesh is None else jax.jit(
+            fn, out_shardings=NamedSharding(mesh, P(("data", "fsdp"))))
         self.pad_id = int(pad_id)
         self.buckets = tuple(sorted(buckets))
         self.mesh = mesh
