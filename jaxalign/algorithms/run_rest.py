@@ -255,9 +255,9 @@ def rollout_kv_bytes(cfg, mesh, *, prompts: int, samples: int, max_len: int,
     data-parallel size (data x fsdp) and split over it, each repeated `samples` times after the
     prefill (sampling/prompts.py `make_batches`); P + N - 1 slots, P the prompt-length bucket
     of max_prompt_length and N = min(max_new_tokens, max_len - 1) (sampling/loop.py
-    `_prefill`). KV heads are not split over `model`: an upper bound. Not counted: the sampler
-    holds a batch's final state (its caches too) while the next batch runs (results are read
-    back after the next dispatch), so two batches' caches can be resident at once."""
+    `_prefill`). KV heads are not split over `model`: an upper bound. One batch's caches are
+    all there is at a time: the decode returns its state without them (`loop._decode`), so they
+    are freed before the next batch's prefill, though its results are read back later."""
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
     P = pick_bucket(min(max_prompt_length, max_len - 1), bucket_lengths(max_len - 1,
                                                                         min_length=16))

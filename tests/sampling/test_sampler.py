@@ -122,3 +122,25 @@ def test_no_recompilation_across_batches_in_the_same_bucket(sampler):
                   [[5] * 7] * 8):  # two batches of 4 rows
         sampler(prompt_ids=batch, batch_size=4, **settings)
     assert dict(loop.TRACES) == before
+
+
+def test_a_batch_caches_are_freed_before_the_next_batch_is_prefilled(sampler, monkeypatch):
+    """The decode returns its state without the KV caches, so while batch i's results wait to be
+    read back (batch i+1 is dispatched first) only batch i+1's caches are alive: at each
+    prefill, no array of an earlier batch's cache shapes (keys and values) is still live."""
+    import jax
+
+    cache_shapes, seen, real = set(), [], sampler._prefill
+
+    def prefill(*args, **kwargs):
+        live = {x.shape for x in jax.live_arrays()}
+        seen.append(len(live & cache_shapes))
+        state = real(*args, **kwargs)
+        cache_shapes.update(x.shape for x in jax.tree.leaves(state.caches) if x.ndim >= 3)
+        return state
+
+    monkeypatch.setattr(sampler, "_prefill", prefill)
+    out = sampler(prompt_ids=[[5, 6, 7]] * 12, batch_size=4, n=2, max_new_tokens=6,
+                  temperature=0.8)
+    assert out.tokens.shape[:2] == (12, 2) and len(seen) == 3 and cache_shapes
+    assert seen == [0, 0, 0], seen
