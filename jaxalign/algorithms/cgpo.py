@@ -178,7 +178,8 @@ def run_cgpo(s: CGPOSettings, tasks: Sequence[CGPOTask], *, policy: tuple, token
     # several processes: each its contiguous share of every task's prompts, and of the rows
     shares = [distributed.process_slice(t.prompts_per_step, f"CGPO task {t.name!r}: "
                                         "prompts_per_step") for t in tasks]
-    local_rows = len(range(n_rows)[distributed.process_slice(n_rows, "CGPO's padded rows")])
+    row_share = distributed.process_slice(n_rows, "CGPO's padded rows")
+    local_rows = row_share.stop - row_share.start
     whole = distributed.gather  # every process's values, in process order
     optimizer, _ = make_optimizer(**{**optim, "total_steps": s.steps, "warmup_steps": min(
         optim.get("warmup_steps", 0), s.steps - 1)})
