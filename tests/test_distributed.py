@@ -74,3 +74,48 @@ def test_single_host_runners_refuse_several_processes(monkeypatch):
     for algorithm in ("rest_gym", "cgpo_gym"):
         with pytest.raises(app.UsageError, match=f"{algorithm!r} runs on one process"):
             main.run_config(ConfigDict(dict(algorithm=algorithm)))
+
+
+@pytest.fixture
+def process_1_of_2(monkeypatch):
+    """This process as process 1 of 2, whose peer (process 0) holds `peer[0]`: allgather gives
+    [process 0's value, this one's], as JAX's does in process order."""
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+    peer = [None]
+
+    def allgather(x, tiled=False):
+        parts = [np.asarray(peer[0](np.asarray(x))), np.asarray(x)]
+        return np.concatenate(parts) if tiled else np.stack(parts)
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    monkeypatch.setattr(multihost_utils, "process_allgather", allgather)
+    return peer
+
+
+def test_shares_split_contiguously_and_fillers_top_up(process_1_of_2):
+    assert distributed.process_slice(8, "n") == slice(4, 8)
+    with pytest.raises(ValueError, match="online.prompts_per_step = 5 does not split over 2 "
+                                         "processes: use a multiple of 2"):
+        distributed.process_slice(5, "online.prompts_per_step")
+    # 5 items over 2 processes: 3 + 2, the second topped up with one filler
+    assert distributed.process_share(list("abcde"), lambda j: f"filler{j}") == (
+        ["d", "e", "filler0"], 2)
+
+
+def test_gathers_put_the_processes_in_order_and_drop_fillers(process_1_of_2):
+    import numpy as np
+    process_1_of_2[0] = lambda mine: np.array([3]) if mine.shape == (1,) else mine * 10
+    # gather_real: process 0 has 3 real rows of 3, this one 2 real rows of 3 (one filler)
+    got = distributed.gather_real(np.array([1.0, 2.0, -1.0]), 2)
+    assert got.tolist() == [10.0, 20.0, -10.0, 1.0, 2.0]
+    assert distributed.agree_max([2, 7]).tolist() == [20, 70]  # (the peer holds 10x)
+
+    import json
+    theirs = json.dumps({"reward": [0.1, 0.2]}).encode()
+    process_1_of_2[0] = lambda mine: (np.array([len(theirs)]) if mine.shape == (1,) else
+                                      np.frombuffer(theirs.ljust(len(mine), b"\0"), np.uint8))
+    parts = distributed.gather_objects({"reward": [0.30000000000000004]})
+    assert parts == [{"reward": [0.1, 0.2]}, {"reward": [0.30000000000000004]}]  # exact floats
