@@ -256,8 +256,8 @@ def rollout_kv_bytes(cfg, mesh, *, prompts: int, samples: int, max_len: int,
     prefill (sampling/prompts.py `make_batches`); P + N - 1 slots, P the prompt-length bucket
     of max_prompt_length and N = min(max_new_tokens, max_len - 1) (sampling/loop.py
     `_prefill`). KV heads are not split over `model`: an upper bound. One batch's caches are
-    all there is at a time: the decode returns its state without them (`loop._decode`), so they
-    are freed before the next batch's prefill, though its results are read back later."""
+    all there is at a time: the sampler drops a batch's caches as soon as its decode is
+    dispatched (`Sampler._run`), so they are freed before the next batch's prefill runs."""
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
     P = pick_bucket(min(max_prompt_length, max_len - 1), bucket_lengths(max_len - 1,
                                                                         min_length=16))

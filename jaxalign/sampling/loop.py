@@ -217,10 +217,7 @@ def _prefill(params, controls, tokens_BxP, mask_BxP, prompt_ids_B, budget_B, see
 
 
 def _decode(params, controls, state: State, *, strategy, settings: Settings) -> State:
-    """One-token steps until every row is done or the policy's cache is full. The state comes
-    back without its caches (`caches=()`): they are freed when the program ends, so a batch's
-    caches are gone before the next batch's prefill makes its own (the sampler dispatches the
-    next batch before reading this one back)."""
+    """One-token steps until every row is done or the policy's cache is full."""
     TRACES["decode"] += 1
 
     def cond(state: State):
@@ -232,7 +229,7 @@ def _decode(params, controls, state: State, *, strategy, settings: Settings) -> 
         out, caches = strategy.forward(params, last_Rx1, positions_Rx1, live_Rx1, state.caches)
         return _step(state.replace(caches=caches), params, controls, out, strategy, settings)
 
-    return jax.lax.while_loop(cond, body, state).replace(caches=())
+    return jax.lax.while_loop(cond, body, state)
 
 
 # XLA:CPU's YNNPACK matmuls choose their blocking from the shapes (e.g. how the contraction is

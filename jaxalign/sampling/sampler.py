@@ -466,11 +466,13 @@ class Sampler:
         return self._decode(params, controls, state, **static)
 
     def _run(self, batches: list[Batch], tokens, settings, seed, strategy, controls):
-        """Dispatches batch i+1 before reading batch i back (the host never idles the device)."""
+        """Dispatches batch i+1 before reading batch i back (the host never idles the device).
+        A dispatched batch's KV caches are dropped at once (only its results are read back),
+        so they are freed when its decode ends: one batch's caches are resident at a time."""
         pending = None
         for batch in batches + [None]:
-            state = None if batch is None else self._dispatch(batch, settings, seed, strategy,
-                                                              controls)
+            state = None if batch is None else self._dispatch(
+                batch, settings, seed, strategy, controls).replace(caches=())
             if pending is not None:
                 prev, prev_state = pending
                 yield prev.index, self._output(prev, prev_state, [tokens[i] for i in prev.index],

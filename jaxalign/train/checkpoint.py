@@ -193,8 +193,15 @@ class Checkpointer:
                  best_metric: str | None = None, best_mode: str = "max"):
         self.directory = io.absolute(directory)  # (a gs:// URL stays one)
         self.model_cfg = model_cfg
+        # Each manager names its own barriers: Orbax keys a save's multi-process barriers by
+        # the step alone (`async_write_complete.<step>`), so "best" and "last" saving the same
+        # step at once (the final step) would wait at one barrier twice, and a process aborts
+        # ("Barrier ... is already ongoing").
+        sync = lambda name: ocp.options.MultiprocessingOptions(  # noqa: E731
+            barrier_sync_key_prefix=f"jaxalign_{name}")
         opts = ocp.CheckpointManagerOptions(max_to_keep=keep,
-                                            enable_async_checkpointing=async_save)
+                                            enable_async_checkpointing=async_save,
+                                            multiprocessing_options=sync("last"))
         # Handlers named up front: a fresh manager can then read a step's metadata (the saved
         # tree's shapes, compared before restoring) and restore items without warnings.
         handlers = lambda: dict(state=ocp.StandardCheckpointHandler(),
@@ -206,7 +213,7 @@ class Checkpointer:
         if best_metric:
             best_opts = ocp.CheckpointManagerOptions(
                 max_to_keep=1, best_fn=lambda m: m[best_metric], best_mode=best_mode,
-                enable_async_checkpointing=async_save)
+                enable_async_checkpointing=async_save, multiprocessing_options=sync("best"))
             self.best = ocp.CheckpointManager(os.path.join(self.directory, "best"),
                                               options=best_opts, item_handlers=handlers())
 

@@ -178,3 +178,16 @@ def test_runner_two_processes_equal_to_one_process(tmp_path, mode):
         for k, v in a.items():  # every reward, KL, violation and loss (not the timings)
             if k.startswith("rollout/") and "second" not in k and "per_s" not in k:
                 np.testing.assert_allclose(b[k], v, rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_best_and_last_checkpoints_of_one_step_at_once(tmp_path):
+    """The final step is saved to "best" and "last" together. Orbax keys a save's barriers by the
+    step alone, so unless each manager names its own (`Checkpointer`'s barrier prefixes),
+    process 0 waits at one barrier twice and aborts ("Barrier ... is already ongoing", the CI
+    failure of a loaded machine): here process 1 reaches each of those barriers 3 s late, so
+    both of process 0's saves wait at theirs at once."""
+    out = launch("ckpt", str(tmp_path))
+    assert [rc for rc, _ in out] == [0, 0] and all("saved" in t for _, t in out), tail(out)
+    for name in ("best", "last"):
+        assert os.listdir(tmp_path / "checkpoints" / name) == ["1"], name
+

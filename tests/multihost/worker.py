@@ -11,6 +11,10 @@ dpo: `python -m jaxalign` itself (`jaxalign.main.cli`) on the DPO toy config bel
   process 0 writes WORKDIR/final.npz (the policy's params).
 rloo, cgpo, reward_bt: `python -m jaxalign` on the config in CONFIGS, process 0 writing
   WORKDIR/final.npz at the end (reward_bt also exports a HF checkpoint to WORKDIR/hf_export).
+ckpt: a Checkpointer (with a best manager) on a tiny state; both processes save step 1 to
+  "best", then to "last" (async), and wait. Process 1's background threads reach Orbax's
+  write-complete barriers 3 s late, so process 0's two saves wait at theirs together (as a
+  loaded machine can make them at a run's final step). Prints "saved" at the end.
 grow: the grow step (`jaxalign.algorithms.grow.grow`) of a tiny random Llama on GROW_PROMPTS
   into WORKDIR/grow, jax.distributed set up by `jaxalign.distributed.initialize`.
 """
@@ -120,6 +124,37 @@ def main(mode, workdir, pid, nproc, port, action=""):
     import jax
     jax.config.update("jax_default_matmul_precision", "highest")  # as tests/conftest.py
     address, pid, nproc = f"localhost:{port}", int(pid), int(nproc)
+    if mode == "ckpt":
+        import time
+
+        from jaxalign import distributed
+        from jaxalign.train.checkpoint import Checkpointer
+        from jaxalign.sharding import make_mesh
+        from tests.algorithms.rest_tiny import CFG
+        distributed.initialize(address, nproc, pid, heartbeat_timeout_s=30)
+        mesh = make_mesh(data=-1)
+        state = {"w": jax.device_put(np.arange(16, dtype=np.float32),
+                                     jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))}
+        if pid == 1:  # late at every write-complete barrier (Orbax's background threads)
+            from orbax.checkpoint._src.multihost import multihost as orbax_multihost
+            real = orbax_multihost.get_barrier_sync_fn
+
+            def late(**kwargs):
+                sync = real(**kwargs)
+
+                def wait(*, key, timeout_ms):
+                    if "async_write_complete" in key:
+                        time.sleep(3)
+                    return sync(key=key, timeout_ms=timeout_ms)
+                return wait
+            orbax_multihost.get_barrier_sync_fn = late
+        ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), CFG, best_metric="acc")
+        ckpt.save_best(1, state, {"acc": 0.5})
+        ckpt.save(1, state)
+        ckpt.wait()
+        ckpt.close()
+        print("saved", flush=True)
+        return
     if mode == "grow":
         from jaxalign import distributed
         distributed.initialize(address, nproc, pid, heartbeat_timeout_s=30)
